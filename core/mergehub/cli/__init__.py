@@ -1,0 +1,1 @@
+"""The ``mergehub`` command line: one module per verb."""

@@ -1,0 +1,49 @@
+"""Steps shared by the verbs: build the registry, read and plan a recipe."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mergehub.cli.render import warn
+from mergehub.config import Recipe, load_recipe
+from mergehub.errors import MergehubError
+from mergehub.plan import Plan, make_plan
+from mergehub.registry import Registry, build_registry
+from mergehub.yamlsource import read_recipe_file
+
+
+def registry() -> Registry:
+    reg = build_registry()
+    reg.check()
+    for record in reg.failures():
+        warn(f"plugin {record.distribution} {record.version} failed to load and is skipped: {record.error}")
+    return reg
+
+
+def read_recipe(path: str, reg: Registry) -> Recipe:
+    documents = read_recipe_file(path)
+    if len(documents) > 1:
+        raise MergehubError(
+            f"{path} holds {len(documents)} YAML documents (a multi-stage recipe separated by ---)",
+            hint="multi-stage recipes are not supported yet; split the stages into separate files and merge them one by one",
+        )
+    recipe = load_recipe(documents[0], reg)
+    for problem in recipe.warnings:
+        warn(f"{problem.where(path)}: {problem.message}")
+    return recipe
+
+
+def plan_recipe(recipe: Recipe, reg: Registry, allow_crimes: bool = False) -> Plan:
+    plan = make_plan(recipe, reg, allow_crimes=allow_crimes)
+    for message in plan.warnings:
+        warn(message)
+    return plan
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="the YAML recipe (mergekit format)")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-crimes", action="store_true", help="allow merging models of different architectures")

@@ -1,0 +1,46 @@
+"""Entry point: ``mergehub <verb> …``. Verbs live in their own modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from types import ModuleType
+
+from mergehub import __version__
+from mergehub.cli import merge, plugins, schema, validate
+from mergehub.cli.render import error_panel
+from mergehub.errors import MergehubError
+
+VERBS: dict[str, ModuleType] = {"merge": merge, "validate": validate, "schema": schema, "plugins": plugins}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    parser = argparse.ArgumentParser(prog="mergehub", parents=[common],
+                                     description="Merge the weights of large language models from YAML recipes.")
+    parser.add_argument("--version", action="version", version=f"mergehub {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    for name, module in VERBS.items():
+        verb = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common])
+        module.configure(verb)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        return VERBS[args.verb].run(args)
+    except MergehubError as exc:
+        if args.debug:
+            raise
+        error_panel(exc)
+        return 1
+    except KeyboardInterrupt:
+        print("mergehub: interrupted; nothing was written to the output", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""``mergehub merge CONFIG``: run a recipe and write a Hugging Face model directory."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+from mergehub.cli.common import add_config_argument, add_model_options, plan_recipe, read_recipe, registry
+from mergehub.cli.render import err, progress_bar
+from mergehub.errors import MergehubError
+from mergehub.output import check_output, check_supported, write_model
+
+HELP = "merge models as a recipe says and write the result"
+UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "B": 1000**3, "T": 1000**4,
+         "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``5GB``/``500MB``/``200K``/``1GiB``/bytes; ``5B`` is 5 billion bytes as in mergekit."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in UNITS:
+        raise argparse.ArgumentTypeError(f"invalid size '{text}' (examples: 5GB, 500MB, 2GiB, 1000000)")
+    size = int(float(match.group(1)) * UNITS[unit])
+    if size <= 0:
+        raise argparse.ArgumentTypeError("the shard size must be positive")
+    return size
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("--out", type=Path, help="output directory (default: ./merged/<config name>)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output (only once the new one is complete)")
+    parser.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"), metavar="SIZE",
+                        help="largest shard in bytes, e.g. 2GB, 500MB (default 5GB)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for randomised methods (same seed, same bytes)")
+    parser.add_argument("--device", default="cpu", help="torch device for the maths, e.g. cpu or cuda (default cpu)")
+    add_model_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    reg = registry()
+    recipe = read_recipe(str(args.config), reg)
+    out: Path = args.out or Path("merged") / args.config.stem
+    check_output(out, args.force)
+    _check_device(args.device)
+    plan = plan_recipe(recipe, reg, args.allow_crimes)
+    check_supported(plan)
+    backend = reg.io_backend("safetensors").load()
+    total = plan.bytes_to_write()
+    try:
+        with progress_bar(total, len(plan.tensors)) as advance:
+            write_model(plan, out, backend, force=args.force, shard_size=args.shard_size, seed=args.seed,
+                        device=args.device, progress=advance)  # type: ignore[arg-type]
+    finally:
+        plan.close()
+    seconds = time.perf_counter() - started
+    err.print(f"[green]merged[/green] {len(plan.tensors)} tensors ({total / 1e6:.1f} MB, {plan.num_layers} layers) "
+              f"with {recipe.method.name} into {out} in {seconds:.1f} s")
+    return 0
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError) as exc:
+        raise MergehubError(f"cannot use device '{device}': {exc}", hint="use --device cpu, or a device this machine has") from exc

@@ -1,0 +1,235 @@
+"""A recipe, checked and turned into plain objects the planner can use.
+
+``load_recipe`` reports every problem it can see without opening a model (schema,
+unknown method, conflicting keys, bad ranges, bad model references) in one
+:class:`RecipeError`; the planner then adds the problems that need ``config.json``
+files and tensor headers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mergehub.errors import Problem, RecipeError, unknown_name
+from mergehub.recipe_schema import DTYPE_ALIASES, DTYPES, IGNORED_KEYS, recipe_schema
+from mergehub.registry import Registry
+from mergehub.specs import MethodSpec
+from mergehub.validate import schema_problems
+from mergehub.yamlsource import Document, PathKey, format_path
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as written in a recipe: ``path[@revision][+lora[@revision]]``."""
+
+    path: str
+    revision: str | None = None
+    lora: str | None = None
+    override_architecture: str | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> ModelRef:
+        if isinstance(value, dict):
+            model = value["model"]
+            path, revision = (model["path"], model.get("revision")) if isinstance(model, dict) else _split_revision(model)
+            lora = value.get("lora")
+            lora_path = lora.get("path") if isinstance(lora, dict) else lora
+            return cls(path, revision, lora_path, value.get("override_architecture"))
+        pieces = str(value).split("+")
+        if len(pieces) > 2:
+            raise ValueError(f"cannot parse model reference '{value}': more than one '+'")
+        path, revision = _split_revision(pieces[0])
+        return cls(path, revision, _split_revision(pieces[1])[0] if len(pieces) == 2 else None)
+
+    def __str__(self) -> str:
+        text = self.path + (f"@{self.revision}" if self.revision else "")
+        return text + (f"+{self.lora}" if self.lora else "")
+
+
+def _split_revision(text: str) -> tuple[str, str | None]:
+    parts = text.split("@")
+    if len(parts) > 2:
+        raise ValueError(f"cannot parse model reference '{text}': more than one '@'")
+    return parts[0], (parts[1] if len(parts) == 2 else None)
+
+
+@dataclass
+class Source:
+    model: ModelRef
+    layer_range: tuple[int, int] | None  # None: the whole model (models: syntax)
+    parameters: dict[str, Any]
+    path: PathKey
+
+
+@dataclass
+class Slice:
+    sources: list[Source]
+    base_model: ModelRef | None
+    parameters: dict[str, Any]
+    path: PathKey
+
+
+@dataclass
+class Recipe:
+    """A validated recipe. ``slices`` also holds the ``models:`` form as one slice."""
+
+    method: MethodSpec
+    syntax: Literal["models", "slices"]
+    slices: list[Slice]
+    base_model: ModelRef | None
+    parameters: dict[str, Any]
+    dtype: str | None
+    out_dtype: str | None
+    document: Document
+    tokenizer_source: ModelRef | str | None = None
+    chat_template: str | None = None
+    name: str | None = None
+    warnings: list[Problem] = field(default_factory=list)
+
+    def problem(self, path: PathKey, message: str, hint: str | None = None) -> Problem:
+        return Problem(message, format_path(path), self.document.line_of(path), hint)
+
+    def models(self) -> list[ModelRef]:
+        """Every referenced model once, base first when set, then in recipe order."""
+        seen: list[ModelRef] = [self.base_model] if self.base_model else []
+        for slice_ in self.slices:
+            for model in [s.model for s in slice_.sources] + ([slice_.base_model] if slice_.base_model else []):
+                if model not in seen:
+                    seen.append(model)
+        return seen
+
+
+def normalize_dtype(value: str | None) -> str | None:
+    """``torch.bfloat16``/``bf16`` -> ``bfloat16``; None stays None; unknown raises ValueError."""
+    if value is None:
+        return None
+    name = value.removeprefix("torch.")
+    name = DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(value)
+    return name
+
+
+def load_recipe(document: Document, registry: Registry) -> Recipe:
+    """Validate one recipe document against the installed plugins."""
+    data = document.data
+    if not isinstance(data, dict):
+        raise RecipeError([Problem("a recipe must be a mapping of keys (merge_method:, models: …)", line=1)], document.file)
+    method = _method_of(data, registry)
+    problems = schema_problems(document, recipe_schema(method.spec if method.spec else None))
+    problems += [p for p in [method.problem] if p]
+    problems += _semantic_problems(document)
+    if problems:
+        raise RecipeError(_dedupe(problems), document.file)
+    assert method.spec is not None
+    return _build(document, method.spec)
+
+
+@dataclass
+class _MethodLookup:
+    spec: MethodSpec | None
+    problem: Problem | None
+
+
+def _method_of(data: dict, registry: Registry) -> _MethodLookup:
+    name = data.get("merge_method")
+    if not isinstance(name, str):
+        return _MethodLookup(None, None)  # the schema reports it
+    if name in registry.methods:
+        return _MethodLookup(registry.methods[name].spec, None)
+    message, hint = unknown_name("merge method", name, registry.methods)
+    return _MethodLookup(None, Problem(message, "merge_method", None, hint))
+
+
+def _semantic_problems(document: Document) -> list[Problem]:
+    data = document.data
+    found: list[Problem] = []
+
+    def add(path: PathKey, message: str, hint: str | None = None) -> None:
+        found.append(Problem(message, format_path(path), document.line_of(path), hint))
+
+    forms = [k for k in ("models", "slices") if k in data]
+    if len(forms) != 1 and "modules" not in data:
+        add((), "a recipe needs exactly one of 'models' or 'slices'" + (" (it has both)" if len(forms) == 2 else ""),
+            "use models: to merge whole models, slices: to assemble layer ranges")
+    if "tokenizer" in data and "tokenizer_source" in data:
+        add(("tokenizer_source",), "'tokenizer_source' and 'tokenizer' cannot both be set", "keep only the tokenizer: block")
+    for key in ("dtype", "out_dtype"):
+        if isinstance(data.get(key), str):
+            try:
+                normalize_dtype(data[key])
+            except ValueError:
+                add((key,), f"unknown dtype '{data[key]}'", "use one of: " + ", ".join(DTYPES))
+    for path, value in _model_refs(data):
+        try:
+            ModelRef.parse(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            add(path, str(exc), "write model references as path, path@revision or path+lora")
+    for i, slice_ in enumerate(data.get("slices") or []):
+        for j, source in enumerate(slice_.get("sources") or [] if isinstance(slice_, dict) else []):
+            rng = source.get("layer_range") if isinstance(source, dict) else None
+            if isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int) for x in rng) and rng[0] >= rng[1]:
+                add(("slices", i, "sources", j, "layer_range"), f"layer_range {rng} is empty: start must be below end",
+                    "ranges are half-open: [0, 4] takes layers 0, 1, 2 and 3")
+    return found
+
+
+def _model_refs(data: dict) -> list[tuple[PathKey, Any]]:
+    refs: list[tuple[PathKey, Any]] = []
+    if isinstance(data.get("base_model"), (str, dict)):
+        refs.append((("base_model",), data["base_model"]))
+    for i, entry in enumerate(data.get("models") or []):
+        if isinstance(entry, dict) and isinstance(entry.get("model"), (str, dict)):
+            refs.append((("models", i, "model"), entry["model"]))
+    for i, slice_ in enumerate(data.get("slices") or []):
+        if not isinstance(slice_, dict):
+            continue
+        if isinstance(slice_.get("base_model"), (str, dict)):
+            refs.append((("slices", i, "base_model"), slice_["base_model"]))
+        for j, source in enumerate(slice_.get("sources") or []):
+            if isinstance(source, dict) and isinstance(source.get("model"), (str, dict)):
+                refs.append((("slices", i, "sources", j, "model"), source["model"]))
+    return refs
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        if (p.path, p.message) not in seen:
+            seen.add((p.path, p.message))
+            out.append(p)
+    return sorted(out, key=lambda p: (p.line or 0, p.path))
+
+
+def _build(document: Document, method: MethodSpec) -> Recipe:
+    data = document.data
+    base = ModelRef.parse(data["base_model"]) if "base_model" in data else None
+    if "models" in data:
+        sources = [Source(ModelRef.parse(e["model"]), None, e.get("parameters") or {}, ("models", i))
+                   for i, e in enumerate(data["models"])]
+        slices = [Slice(sources, None, {}, ("models",))]
+        syntax: Literal["models", "slices"] = "models"
+    else:
+        slices = [
+            Slice(
+                [Source(ModelRef.parse(s["model"]), tuple(s["layer_range"]), s.get("parameters") or {}, ("slices", i, "sources", j))
+                 for j, s in enumerate(sl["sources"])],
+                ModelRef.parse(sl["base_model"]) if "base_model" in sl else None,
+                sl.get("parameters") or {},
+                ("slices", i),
+            )
+            for i, sl in enumerate(data["slices"])
+        ]
+        syntax = "slices"
+    tokenizer = data.get("tokenizer_source")
+    recipe = Recipe(
+        method=method, syntax=syntax, slices=slices, base_model=base, parameters=data.get("parameters") or {},
+        dtype=normalize_dtype(data.get("dtype")), out_dtype=normalize_dtype(data.get("out_dtype")), document=document,
+        tokenizer_source=tokenizer if tokenizer in (None, "base", "union") else ModelRef.parse(tokenizer),
+        chat_template=data.get("chat_template"), name=data.get("name"),
+    )
+    for i, sl in enumerate(data.get("slices") or []):
+        for key in IGNORED_KEYS & set(sl):
+            recipe.warnings.append(recipe.problem(("slices", i, key), f"'{key}' is accepted for compatibility but has no effect"))
+    return recipe

@@ -1,0 +1,137 @@
+"""The frozen objects plugins hand to the core through the registration hooks.
+
+Specs reference their implementation by dotted path so that listing plugins or
+validating a recipe never imports torch-heavy code; the implementation is imported
+only when a merge actually uses it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+BasePolicy = Literal["required", "optional", "ignored"]
+Scope = Literal["shared", "input", "non_base"]
+
+
+def import_object(path: str) -> Any:
+    """Import ``package.module:attribute``."""
+    module_name, _, attribute = path.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A merge method: its name, its parameter schema and where its maths lives.
+
+    ``parameters`` is a JSON Schema (draft 2020-12) object schema. Each property carries
+    ``x-scope``: ``shared`` (one value per output tensor), ``input`` (one per model,
+    base included) or ``non_base`` (one per model except the base). The top-level
+    ``x-mergehub`` block states the input contract: ``base`` policy and the allowed
+    number of inputs.
+    """
+
+    name: str
+    summary: str
+    parameters: dict[str, Any]
+    implementation: str  # "package.module:function", called with a MergeInputs
+    base: BasePolicy = "ignored"
+    min_inputs: int = 1
+    max_inputs: int | None = None
+    min_non_base: int = 0
+    max_non_base: int | None = None
+    paper: str | None = None
+    randomized: bool = False
+
+    @classmethod
+    def from_schema_file(cls, path: str | Path, implementation: str) -> MethodSpec:
+        """Build a spec from a plugin's ``parameters.schema.json``."""
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+        contract = schema.get("x-mergehub", {})
+        return cls(
+            name=contract.get("name") or schema.get("title", ""),
+            summary=schema.get("description", ""),
+            parameters=schema,
+            implementation=implementation,
+            base=contract.get("base", "ignored"),
+            min_inputs=contract.get("min_inputs", 1),
+            max_inputs=contract.get("max_inputs"),
+            min_non_base=contract.get("min_non_base", 0),
+            max_non_base=contract.get("max_non_base"),
+            paper=contract.get("paper"),
+            randomized=contract.get("randomized", False),
+        )
+
+    def param_scope(self, name: str) -> Scope:
+        return self.parameters.get("properties", {}).get(name, {}).get("x-scope", "shared")
+
+    def param_names(self) -> list[str]:
+        return list(self.parameters.get("properties", {}))
+
+    def required_params(self) -> list[str]:
+        return list(self.parameters.get("required", []))
+
+    def defaults(self) -> dict[str, Any]:
+        props = self.parameters.get("properties", {})
+        return {name: prop["default"] for name, prop in props.items() if "default" in prop}
+
+    def load(self) -> Callable[[MergeInputs], torch.Tensor]:
+        return import_object(self.implementation)
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """An architecture definition (validated against ``architecture.schema.json``)."""
+
+    name: str
+    definition: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ArchitectureSpec:
+        definition = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(name=definition.get("name", ""), definition=definition)
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(self.definition.get("architectures", []))
+
+
+@dataclass(frozen=True)
+class IOBackendSpec:
+    """A reader/writer of weight files; ``implementation`` names a class to instantiate."""
+
+    name: str
+    summary: str
+    implementation: str
+    can_write: bool = False
+
+    def load(self) -> Any:
+        return import_object(self.implementation)()
+
+
+@dataclass
+class MergeInputs:
+    """Everything a method needs to compute one output tensor.
+
+    ``tensors`` are in recipe order, already cast to the working dtype and on the
+    compute device; ``base`` is the index of the base model's tensor (or None);
+    ``params[i]`` holds the resolved per-model parameters of ``tensors[i]``;
+    ``shared`` holds the resolved shared parameters; ``generator`` is seeded from
+    (``--seed``, output name) so random methods give the same bytes in any order.
+    """
+
+    name: str
+    tensors: list[torch.Tensor]
+    base: int | None
+    params: list[dict[str, Any]]
+    shared: dict[str, Any]
+    models: list[str] = field(default_factory=list)
+    generator: torch.Generator | None = None

@@ -1,0 +1,128 @@
+"""Fixtures for testing mergehub and its plugins with real parts.
+
+Opt in from a conftest.py with ``pytest_plugins = ["mergehub.testing"]`` (the core's
+own pytest configuration does). Provides tiny real Llama/Mistral checkpoints built
+with transformers, a helper that runs the real ``mergehub`` CLI in a subprocess, and
+a fresh plugin registry.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def build_tiny_model(path: Path | str, *, arch: str = "llama", layers: int = 2, tied: bool = False, seed: int = 0,
+                     vocab: int = 64, hidden: int = 16, dtype: str = "float32", tokenizer: bool = False) -> Path:
+    """Save a tiny randomly initialised causal LM with transformers' own save_pretrained."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config_cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig}[arch]
+    model_cls = {"llama": transformers.LlamaForCausalLM, "mistral": transformers.MistralForCausalLM}[arch]
+    config = config_cls(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        num_key_value_heads=1, vocab_size=vocab, tie_word_embeddings=tied, max_position_embeddings=64)
+    model = model_cls(config)
+    with torch.no_grad():  # default init leaves norms at 1; make every tensor distinct per seed
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    model = model.to(getattr(torch, dtype))
+    path = Path(path)
+    model.save_pretrained(path)
+    if tokenizer:
+        write_tiny_tokenizer(path, vocab)
+    return path
+
+
+def write_tiny_tokenizer(path: Path, vocab: int) -> None:
+    """A word-level fast tokenizer over ``vocab`` tokens, saved with transformers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, vocab)}
+    backend = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(path)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+    """Run the installed ``mergehub`` CLI for real, in a subprocess."""
+    full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "mergehub", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=full_env, timeout=600)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def load_state(directory: Path) -> dict[str, Any]:
+    """All tensors of a model directory (tests only: tiny models)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    index = directory / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    state: dict[str, Any] = {}
+    for file in files:
+        state.update(load_file(directory / file))
+    return state
+
+
+def forward_pass(directory: Path) -> Any:
+    """Load with transformers' AutoModelForCausalLM and run a forward pass; returns the logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 7, 9]])).logits
+    assert torch.isfinite(logits).all()
+    return logits
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory: ``tiny_models("a", layers=8, tied=True)`` builds (once per session) and returns a model directory."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    cache: dict[tuple, Path] = {}
+
+    def make(name: str, **kwargs: Any) -> Path:
+        key = (name, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = build_tiny_model(root / f"{name}-{len(cache)}", **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture
+def mergehub_cli() -> Callable[..., CliResult]:
+    return run_cli
+
+
+@pytest.fixture
+def fresh_registry() -> Any:
+    """A registry built from a brand-new plugin manager over the installed entry points."""
+    from mergehub.plugins import make_plugin_manager
+    from mergehub.registry import build_registry
+
+    return build_registry(make_plugin_manager())

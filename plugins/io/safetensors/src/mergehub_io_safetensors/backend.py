@@ -1,0 +1,123 @@
+"""Read and write safetensors checkpoints without holding a model in memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from mergehub.dtypes import CODES_BY_NAME, SAFETENSORS_CODES, nbytes
+from mergehub.errors import MergehubError
+from mergehub.models import TensorHeader
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+class SafetensorsBackend:
+    """Claims directories holding safetensors weights."""
+
+    def detect(self, directory: Path) -> int | None:
+        if (directory / INDEX).is_file() or (directory / SINGLE).is_file():
+            return 100
+        return 10 if any(directory.glob("*.safetensors")) else None
+
+    def open(self, directory: Path) -> SafetensorsReader:
+        return SafetensorsReader(directory)
+
+    def writer(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> StreamingWriter:
+        return StreamingWriter(path, entries, metadata)
+
+
+class SafetensorsReader:
+    """Maps tensor names to files; opens each file lazily, memory-mapped."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.files: dict[str, Any] = {}
+        index = directory / INDEX
+        if index.is_file():
+            try:
+                self.where = dict(json.loads(index.read_text())["weight_map"])
+            except (OSError, ValueError, KeyError) as exc:
+                raise MergehubError(f"cannot read {index}: {exc}", hint="the index file is damaged; re-download the model") from exc
+        else:
+            files = [directory / SINGLE] if (directory / SINGLE).is_file() else sorted(directory.glob("*.safetensors"))
+            self.where = {name: f.name for f in files for name in self._handle(f.name).keys()}
+
+    def _handle(self, file: str) -> Any:
+        if file not in self.files:
+            path = self.directory / file
+            try:
+                self.files[file] = safe_open(str(path), framework="pt")
+            except (SafetensorError, OSError) as exc:
+                raise MergehubError(f"cannot open {path}: {exc}",
+                                    hint="the file is missing, truncated or not a safetensors file; re-download it") from exc
+        return self.files[file]
+
+    def tensor_names(self) -> list[str]:
+        return list(self.where)
+
+    def header(self, name: str) -> TensorHeader:
+        sliced = self._handle(self.where[name]).get_slice(name)
+        return TensorHeader(SAFETENSORS_CODES[sliced.get_dtype()], tuple(sliced.get_shape()))
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._handle(self.where[name]).get_tensor(name)
+
+    def close(self) -> None:
+        self.files.clear()
+
+
+class StreamingWriter:
+    """Writes one shard: header first (offsets known from the plan), then each tensor in order.
+
+    Safetensors' own ``save_file`` needs every tensor in memory at once; this writer
+    needs only the tensor being written.
+    """
+
+    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]):
+        self.path = path
+        self.order = [name for name, _, _ in entries]
+        self.sizes: dict[str, int] = {}
+        header: dict[str, Any] = {"__metadata__": metadata}
+        offset = 0
+        for name, dtype, shape in entries:
+            size = nbytes(dtype, shape)
+            header[name] = {"dtype": CODES_BY_NAME[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            self.sizes[name] = size
+            offset += size
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data must start 8-byte aligned
+        self.file = open(path, "wb")
+        self.file.write(struct.pack("<Q", len(raw)) + raw)
+        self.next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        expected = self.order[self.next]
+        if name != expected:
+            raise RuntimeError(f"tensor {name} written out of order (expected {expected})")
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        if data.nbytes != self.sizes[name]:
+            raise RuntimeError(f"tensor {name} has {data.nbytes} bytes, planned {self.sizes[name]}")
+        self.file.write(memoryview(data))
+        self.next += 1
+
+    def __enter__(self) -> StreamingWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if kind is None and self.next != len(self.order):
+                raise RuntimeError(f"{self.path}: {len(self.order) - self.next} tensors were never written")
+            if kind is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+        finally:
+            self.file.close()
