@@ -116,7 +116,7 @@ def load_recipe(document: Document, registry: Registry) -> Recipe:
     data = document.data
     if not isinstance(data, dict):
         raise RecipeError([Problem("a recipe must be a mapping of keys (merge_method:, models: …)", line=1)], document.file)
-    method = _method_of(data, registry)
+    method = _method_of(document, registry)
     problems = schema_problems(document, recipe_schema(method.spec if method.spec else None))
     problems += [p for p in [method.problem] if p]
     problems += _semantic_problems(document)
@@ -132,14 +132,14 @@ class _MethodLookup:
     problem: Problem | None
 
 
-def _method_of(data: dict, registry: Registry) -> _MethodLookup:
-    name = data.get("merge_method")
+def _method_of(document: Document, registry: Registry) -> _MethodLookup:
+    name = document.data.get("merge_method")
     if not isinstance(name, str):
         return _MethodLookup(None, None)  # the schema reports it
     if name in registry.methods:
         return _MethodLookup(registry.methods[name].spec, None)
     message, hint = unknown_name("merge method", name, registry.methods)
-    return _MethodLookup(None, Problem(message, "merge_method", None, hint))
+    return _MethodLookup(None, Problem(message, "merge_method", document.line_of(("merge_method",)), hint))
 
 
 def _semantic_problems(document: Document) -> list[Problem]:

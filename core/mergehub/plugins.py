@@ -94,6 +94,7 @@ def load_entrypoints(pm: PluginManager) -> None:
         try:
             module = entry_point.load()
             pm.register_record(module, record)
+            pm.check_pending()  # an unknown hook (typo, newer core) fails this plugin only
         except Exception as exc:  # a broken plugin must not take down the others
             pm.fail(PluginRecord(entry_point.name, distribution, version, error=_describe(exc)))
     pm.check_pending()

@@ -15,10 +15,13 @@ VERBS: dict[str, ModuleType] = {"merge": merge, "validate": validate, "schema": 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    debug_help = "show Python tracebacks for errors"
+    # After the verb, --debug must not reset a --debug given before it: SUPPRESS keeps it unset unless given.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
-    parser = argparse.ArgumentParser(prog="mergehub", parents=[common],
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    parser = argparse.ArgumentParser(prog="mergehub",
                                      description="Merge the weights of large language models from YAML recipes.")
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     parser.add_argument("--version", action="version", version=f"mergehub {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     for name, module in VERBS.items():

@@ -10,7 +10,6 @@ from pathlib import Path
 from mergehub.cli.common import add_config_argument, add_model_options, plan_recipe, read_recipe, registry
 from mergehub.cli.render import err, progress_bar
 from mergehub.errors import MergehubError
-from mergehub.output import check_output, check_supported, write_model
 
 HELP = "merge models as a recipe says and write the result"
 UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "B": 1000**3, "T": 1000**4,
@@ -41,6 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergehub.output import check_output, check_supported, write_model  # imports torch: only when merging
+
     started = time.perf_counter()
     reg = registry()
     recipe = read_recipe(str(args.config), reg)
