@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,30 @@ def test_examples_merge_and_load(tmp_path, example):
     result = run_cli("merge", repo / "examples" / f"{example}.yaml", "--out", tmp_path / "out", cwd=repo)
     assert result.returncode == 0, result.output
     assert forward_pass(tmp_path / "out").shape[-1] == 128
+
+
+def test_chat_template_literal_is_used_by_transformers(tmp_path):
+    root = Path(__file__).parents[1] / "examples" / "models"
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    cfg = write(tmp_path / "r.yaml", f"merge_method: linear\nparameters: {{weight: 1}}\n"
+                                     f"models:\n  - model: {root / 'llama-a'}\n  - model: {root / 'llama-b'}\n"
+                                     f"chat_template: {json.dumps(template)}\n")
+    merge_ok(cfg, tmp_path / "out")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "w5 w6"}], tokenize=False)
+    assert text == "[user] w5 w6\n"
+
+
+def test_chat_template_auto_takes_the_most_common(tmp_path):
+    root = Path(__file__).parents[1] / "examples" / "models"
+    models = []
+    for name, template in (("x", "{{ 'one' }}"), ("y", "{{ 'two' }}"), ("z", "{{ 'two' }}")):
+        shutil.copytree(root / "llama-a", tmp_path / name)
+        (tmp_path / name / "chat_template.jinja").write_text(template)
+        models.append(tmp_path / name)
+    cfg = write(tmp_path / "r.yaml", "merge_method: linear\nparameters: {weight: 1}\nmodels:\n"
+                + "".join(f"  - model: {m}\n" for m in models) + "chat_template: auto\n")
+    merge_ok(cfg, tmp_path / "out")
+    assert (tmp_path / "out/chat_template.jinja").read_text() == "{{ 'two' }}"
