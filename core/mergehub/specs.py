@@ -8,6 +8,7 @@ only when a merge actually uses it.
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,12 @@ class MethodSpec:
             randomized=contract.get("randomized", False),
         )
 
+    @classmethod
+    def from_package(cls, package: str) -> MethodSpec:
+        """The usual plugin shape: ``<package>/parameters.schema.json`` and ``<package>.method:merge``."""
+        schema = importlib.resources.files(package).joinpath("parameters.schema.json")
+        return cls.from_schema_file(str(schema), f"{package}.method:merge")
+
     def param_scope(self, name: str) -> Scope:
         return self.parameters.get("properties", {}).get(name, {}).get("x-scope", "shared")
 
@@ -98,6 +105,11 @@ class ArchitectureSpec:
     def from_json(cls, path: str | Path) -> ArchitectureSpec:
         definition = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(name=definition.get("name", ""), definition=definition)
+
+    @classmethod
+    def from_package(cls, package: str, file: str) -> ArchitectureSpec:
+        """A definition shipped as a JSON file inside the plugin's package."""
+        return cls.from_json(str(importlib.resources.files(package).joinpath(file)))
 
     @property
     def architectures(self) -> list[str]:
