@@ -151,7 +151,7 @@ def _semantic_problems(document: Document) -> list[Problem]:
 
     forms = [k for k in ("models", "slices") if k in data]
     if len(forms) != 1 and "modules" not in data:
-        add((), "a recipe needs exactly one of 'models' or 'slices'" + (" (it has both)" if len(forms) == 2 else ""),
+        add(("slices",) if len(forms) == 2 else (), "a recipe needs exactly one of 'models' or 'slices'" + (" (it has both)" if len(forms) == 2 else ""),
             "use models: to merge whole models, slices: to assemble layer ranges")
     if "tokenizer" in data and "tokenizer_source" in data:
         add(("tokenizer_source",), "'tokenizer_source' and 'tokenizer' cannot both be set", "keep only the tokenizer: block")
@@ -229,6 +229,12 @@ def _build(document: Document, method: MethodSpec) -> Recipe:
         tokenizer_source=tokenizer if tokenizer in (None, "base", "union") else ModelRef.parse(tokenizer),
         chat_template=data.get("chat_template"), name=data.get("name"),
     )
+    for slice_ in slices:
+        for source in slice_.sources:
+            for key in [k for k in source.parameters if method.param_scope(k) == "shared"]:
+                recipe.warnings.append(recipe.problem(source.path + ("parameters", key),
+                                       f"'{key}' is shared by all models, so it has no effect on one model; "
+                                       "set it on the slice or at the top level"))
     for i, sl in enumerate(data.get("slices") or []):
         for key in IGNORED_KEYS & set(sl):
             recipe.warnings.append(recipe.problem(("slices", i, key), f"'{key}' is accepted for compatibility but has no effect"))

@@ -86,10 +86,12 @@ class Planner:
         self.problems: list[Problem] = []
         self.reported: set[tuple[str, str]] = set()
         self.checker = ParamChecker(recipe.method)
+        self.broken: set[int] = set()  # slices whose ranges are wrong: their layers are not planned
 
     def fail_if_problems(self) -> None:
         if self.problems:
-            raise RecipeError(self.problems, self.recipe.document.file)
+            ordered = sorted(self.problems, key=lambda p: (p.line or 0, p.path))
+            raise RecipeError(ordered, self.recipe.document.file)
 
     def add(self, path: tuple, message: str, hint: str | None = None, key: tuple[str, str] | None = None) -> None:
         if key is not None:
@@ -108,11 +110,9 @@ class Planner:
         layout, warnings = resolve_layout(models, self.registry, self.allow_crimes)
         self.layout = layout
         slices = self.complete_slices()
-        self.fail_if_problems()
         for i, slice_ in enumerate(slices):
             check_contract(self, slice_, self.slice_base(slice_), i)
-        self.fail_if_problems()
-        tensors = self.expand(slices)
+        tensors = self.expand(slices)  # skips the layers of broken slices, so later problems still show
         self.fail_if_problems()
         num_layers = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in slices)  # type: ignore[index]
         plan = Plan(self.recipe, models, layout, tensors, num_layers, {}, warnings)
@@ -161,6 +161,7 @@ class Planner:
         return self.layout.num_layers(self.models[self.index[ref]])
 
     def check_ranges(self, slice_: Slice, i: int) -> None:
+        before = len(self.problems)
         for source in slice_.sources:
             start, end = source.layer_range  # type: ignore[misc]
             available = self.layers_of(source.model)
@@ -175,6 +176,8 @@ class Planner:
         for ref in {r for r in refs if refs.count(r) > 1}:
             self.add(slice_.path, f"{ref} appears twice among the sources of one slice",
                      "list each model once per slice; to repeat layers, use another slice")
+        if len(self.problems) > before:
+            self.broken.add(id(slice_))
 
     # -- tensors -----------------------------------------------------------------------
     def expand(self, slices: list[Slice]) -> list[OutputTensor]:
@@ -185,7 +188,7 @@ class Planner:
         offset = 0
         for slice_ in slices:
             n = slice_.sources[0].layer_range[1] - slice_.sources[0].layer_range[0]  # type: ignore[index]
-            for k in range(n):
+            for k in range(n if id(slice_) not in self.broken else 0):
                 for weight in self.layout.layer:
                     layers = [s.layer_range[0] + k for s in slice_.sources]  # type: ignore[index]
                     self.emit(out, weight, slice_, weight.at(offset + k), layers, layer_position(k, n))
