@@ -99,6 +99,27 @@ def forward_pass(directory: Path) -> Any:
     return logits
 
 
+def check_definition(definition: dict[str, Any], checkpoint: Path) -> set[str]:
+    """Assert an architecture definition fits a real checkpoint; returns the checkpoint's tensor names.
+
+    Every tensor in the checkpoint must be named by the definition, and every
+    non-optional tensor of the definition must be in the checkpoint.
+    """
+    import json
+
+    from mergehub.architecture import from_definition, get_key
+
+    layout = from_definition(definition)
+    layers = get_key(json.loads((checkpoint / "config.json").read_text()), layout.num_layers_key or "")
+    fixed, per_layer = layout.pre + layout.post, [(w, i) for w in layout.layer for i in range(layers)]
+    possible = {w.name for w in fixed} | {w.at(i) for w, i in per_layer}
+    required = {w.name for w in fixed if not w.optional} | {w.at(i) for w, i in per_layer if not w.optional}
+    present = set(load_state(checkpoint))
+    assert present <= possible, f"not in the definition: {sorted(present - possible)}"
+    assert required <= present, f"missing from the checkpoint: {sorted(required - present)}"
+    return present
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """Factory: ``tiny_models("a", layers=8, tied=True)`` builds (once per session) and returns a model directory."""
