@@ -229,6 +229,10 @@ def _build(document: Document, method: MethodSpec) -> Recipe:
         tokenizer_source=tokenizer if tokenizer in (None, "base", "union") else ModelRef.parse(tokenizer),
         chat_template=data.get("chat_template"), name=data.get("name"),
     )
+    ignored = method.ignored_params()
+    for path, params in _parameter_blocks(data):
+        for key in ignored.keys() & set(params):
+            recipe.warnings.append(recipe.problem(path + (key,), f"'{key}' has no effect with {method.name}: {ignored[key]}"))
     for slice_ in slices:
         for source in slice_.sources:
             for key in [k for k in source.parameters if method.param_scope(k) == "shared"]:
@@ -239,3 +243,15 @@ def _build(document: Document, method: MethodSpec) -> Recipe:
         for key in IGNORED_KEYS & set(sl):
             recipe.warnings.append(recipe.problem(("slices", i, key), f"'{key}' is accepted for compatibility but has no effect"))
     return recipe
+
+
+def _parameter_blocks(data: dict) -> list[tuple[PathKey, dict]]:
+    """Every ``parameters:`` mapping of a recipe, with its key path."""
+    blocks: list[tuple[PathKey, dict]] = [(("parameters",), data.get("parameters") or {})]
+    for i, entry in enumerate(data.get("models") or []):
+        blocks.append((("models", i, "parameters"), entry.get("parameters") or {}))
+    for i, slice_ in enumerate(data.get("slices") or []):
+        blocks.append((("slices", i, "parameters"), slice_.get("parameters") or {}))
+        for j, source in enumerate(slice_.get("sources") or []):
+            blocks.append((("slices", i, "sources", j, "parameters"), source.get("parameters") or {}))
+    return blocks

@@ -86,6 +86,7 @@ class Planner:
         self.problems: list[Problem] = []
         self.reported: set[tuple[str, str]] = set()
         self.checker = ParamChecker(recipe.method)
+        self.method_check = recipe.method.load_check()
         self.broken: set[int] = set()  # slices whose ranges are wrong: their layers are not planned
 
     def fail_if_problems(self) -> None:
@@ -224,6 +225,10 @@ class Planner:
         base = next((i for i, s in enumerate(sources) if s.model == base_ref), None)
         params = [self.model_params(slice_, s, inp.name, t, is_base=(i == base)) for i, (s, inp) in enumerate(zip(sources, inputs))]
         shared = self.shared_params(slice_, out_name, t)
+        if self.method_check is not None:
+            problem = self.method_check(params, shared)
+            if problem:
+                self.add(slice_.path, f"{out_name}: {problem}", key=("check", problem))
         headers = [self.models[i.model].reader.header(i.name) for i in inputs]
         if len({h.shape for h in headers}) > 1:
             listing = ", ".join(f"{s.model} {tuple(h.shape)}" for s, h in zip(sources, headers))

@@ -51,6 +51,7 @@ class MethodSpec:
     max_non_base: int | None = None
     paper: str | None = None
     randomized: bool = False
+    check: str | None = None  # "package.module:function": (params, shared) -> problem text or None
 
     @classmethod
     def from_schema_file(cls, path: str | Path, implementation: str) -> MethodSpec:
@@ -69,6 +70,7 @@ class MethodSpec:
             max_non_base=contract.get("max_non_base"),
             paper=contract.get("paper"),
             randomized=contract.get("randomized", False),
+            check=contract.get("check"),
         )
 
     @classmethod
@@ -90,8 +92,16 @@ class MethodSpec:
         props = self.parameters.get("properties", {})
         return {name: prop["default"] for name, prop in props.items() if "default" in prop}
 
+    def ignored_params(self) -> dict[str, str]:
+        """Parameters accepted for compatibility but without effect, with the reason (``x-ignored``)."""
+        props = self.parameters.get("properties", {})
+        return {name: prop["x-ignored"] for name, prop in props.items() if "x-ignored" in prop}
+
     def load(self) -> Callable[[MergeInputs], torch.Tensor]:
         return import_object(self.implementation)
+
+    def load_check(self) -> Callable[[list[dict[str, Any]], dict[str, Any]], str | None] | None:
+        return import_object(self.check) if self.check else None
 
 
 @dataclass(frozen=True)
