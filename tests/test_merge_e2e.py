@@ -205,7 +205,7 @@ def test_layer_range_error_leaves_no_output(tmp_path, tiny_models):
     assert list(tmp_path.iterdir()) == [cfg]
 
 
-@pytest.mark.parametrize("example", ["quickstart", "depth-upscale", "gradient"])
+@pytest.mark.parametrize("example", ["quickstart", "depth-upscale", "gradient", "mega"])
 def test_examples_merge_and_load(tmp_path, example):
     repo = Path(__file__).parents[1]
     result = run_cli("merge", repo / "examples" / f"{example}.yaml", "--out", tmp_path / "out", cwd=repo)

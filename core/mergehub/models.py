@@ -44,6 +44,7 @@ class ModelInfo:
     config: dict[str, Any]
     registry: Registry
     _reader: TensorReader | None = field(default=None, repr=False)
+    planned: bool = False  # a stage output described by its plan: nothing to open or close
 
     @property
     def reader(self) -> TensorReader:
@@ -59,7 +60,7 @@ class ModelInfo:
         return archs[0] if archs else None
 
     def close(self) -> None:
-        if self._reader is not None:
+        if self._reader is not None and not self.planned:
             self._reader.close()
             self._reader = None
 

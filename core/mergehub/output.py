@@ -49,7 +49,7 @@ def check_supported(plan: Plan) -> None:
 
 
 def write_model(plan: Plan, out: Path, backend: object, *, force: bool, shard_size: int, seed: int | None,
-                device: str, progress: Progress | None = None) -> None:
+                device: str, progress: Progress | None = None, extra_files: dict[str, str] | None = None) -> None:
     check_output(out, force)
     check_supported(plan)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +65,8 @@ def write_model(plan: Plan, out: Path, backend: object, *, force: bool, shard_si
         (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
         copy_tokenizer(plan, tmp)
         write_card(plan, tmp, out.name)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -74,13 +74,19 @@ class Plan:
             model.close()
 
 
-def make_plan(recipe: Recipe, registry: Registry, allow_crimes: bool = False) -> Plan:
-    return Planner(recipe, registry, allow_crimes).plan()
+def make_plan(recipe: Recipe, registry: Registry, allow_crimes: bool = False,
+              planned: dict[str, ModelInfo] | None = None) -> Plan:
+    """Plan ``recipe``. ``planned`` maps model paths that do not exist yet (outputs of earlier
+    stages) to models described by their own plans, so a whole multi-stage recipe is checked
+    before anything runs."""
+    return Planner(recipe, registry, allow_crimes, planned).plan()
 
 
 class Planner:
-    def __init__(self, recipe: Recipe, registry: Registry, allow_crimes: bool = False):
+    def __init__(self, recipe: Recipe, registry: Registry, allow_crimes: bool = False,
+                 planned: dict[str, ModelInfo] | None = None):
         self.recipe = recipe
+        self.planned = planned or {}
         self.registry = registry
         self.allow_crimes = allow_crimes
         self.problems: list[Problem] = []
@@ -124,6 +130,9 @@ class Planner:
     def load_models(self) -> list[ModelInfo]:
         models, paths = [], self.ref_paths()
         for ref in self.recipe.models():
+            if ref.path in self.planned:
+                models.append(self.planned[ref.path])
+                continue
             try:
                 models.append(load_model(ref, self.registry))
             except MergehubError as exc:

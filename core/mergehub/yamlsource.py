@@ -25,7 +25,8 @@ class Document:
     data: Any
     lines: dict[PathKey, int] = field(default_factory=dict)
     file: str | None = None
-    text: str = ""
+    text: str = ""  # this document's own text (the whole file for a single document)
+    number: int = 1  # 1-based position in a multi-document file
 
     def line_of(self, path: PathKey) -> int | None:
         """Line of the deepest known prefix of ``path``."""
@@ -71,11 +72,15 @@ def parse_documents(text: str, file: str | None = None) -> list[Document]:
         ) from exc
     documents = []
     for node, data in zip(nodes, datas):
+        if data is None:
+            continue
         lines: dict[PathKey, int] = {}
-        if node is not None:
-            _index(node, (), lines)
-        documents.append(Document(data=data, lines=lines, file=file, text=text))
-    return [d for d in documents if d.data is not None]
+        _index(node, (), lines)
+        own = text[node.start_mark.index : node.end_mark.index].rstrip() + "\n"
+        documents.append(Document(data=data, lines=lines, file=file, text=own, number=len(documents) + 1))
+    if len(documents) == 1:
+        documents[0].text = text
+    return documents
 
 
 def read_recipe_file(path: str | Path) -> list[Document]:

@@ -10,7 +10,7 @@ from mergehub.config import Recipe, load_recipe
 from mergehub.errors import MergehubError
 from mergehub.plan import Plan, make_plan
 from mergehub.registry import Registry, build_registry
-from mergehub.yamlsource import read_recipe_file
+from mergehub.yamlsource import Document, read_recipe_file
 
 
 def registry() -> Registry:
@@ -21,12 +21,12 @@ def registry() -> Registry:
     return reg
 
 
-def read_recipe(path: str, reg: Registry) -> Recipe:
-    documents = read_recipe_file(path)
+def read_recipe(path: str, reg: Registry, documents: list[Document] | None = None) -> Recipe:
+    documents = documents or read_recipe_file(path)
     if len(documents) > 1:
         raise MergehubError(
             f"{path} holds {len(documents)} YAML documents (a multi-stage recipe separated by ---)",
-            hint="multi-stage recipes are not supported yet; split the stages into separate files and merge them one by one",
+            hint=f"run it with: mergehub merge {path} (or mergehub mega); mergehub plan {path} shows every stage",
         )
     recipe = load_recipe(documents[0], reg)
     for problem in recipe.warnings:

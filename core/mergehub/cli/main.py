@@ -7,11 +7,13 @@ import sys
 from types import ModuleType
 
 from mergehub import __version__
-from mergehub.cli import merge, plugins, schema, validate
+from mergehub.cli import mega, merge, plan, plugins, schema, validate
 from mergehub.cli.render import error_panel
 from mergehub.errors import MergehubError
 
-VERBS: dict[str, ModuleType] = {"merge": merge, "validate": validate, "schema": schema, "plugins": plugins}
+VERBS: dict[str, ModuleType] = {
+    "merge": merge, "mega": mega, "plan": plan, "validate": validate, "schema": schema, "plugins": plugins,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

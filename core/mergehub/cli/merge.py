@@ -10,6 +10,7 @@ from pathlib import Path
 from mergehub.cli.common import add_config_argument, add_model_options, plan_recipe, read_recipe, registry
 from mergehub.cli.render import err, progress_bar
 from mergehub.errors import MergehubError
+from mergehub.yamlsource import read_recipe_file
 
 HELP = "merge models as a recipe says and write the result"
 UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "B": 1000**3, "T": 1000**4,
@@ -37,6 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for randomised methods (same seed, same bytes)")
     parser.add_argument("--device", default="cpu", help="torch device for the maths, e.g. cpu or cuda (default cpu)")
     add_model_options(parser)
+    parser.add_argument("--intermediate-dir", type=Path, metavar="DIR",
+                        help="multi-stage recipes: where named stages are written (default: <out>.stages)")
+    parser.add_argument("--no-reuse", action="store_true", help="multi-stage recipes: recompute unchanged stages too")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,10 +48,15 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     reg = registry()
-    recipe = read_recipe(str(args.config), reg)
+    documents = read_recipe_file(args.config)
+    if len(documents) > 1:  # a multi-stage recipe: run it as `mergehub mega` would
+        from mergehub.cli import mega
+
+        return mega.run(args, documents)
+    recipe = read_recipe(str(args.config), reg, documents)
     out: Path = args.out or Path("merged") / args.config.stem
     check_output(out, args.force)
-    _check_device(args.device)
+    check_device(args.device)
     plan = plan_recipe(recipe, reg, args.allow_crimes)
     check_supported(plan)
     backend = reg.io_backend("safetensors").load()
@@ -64,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
     import torch
 
     try:
