@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -42,7 +43,4 @@ def promote(names: list[str]) -> str:
 
 
 def nbytes(dtype: str, shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count * ITEMSIZE[dtype]
+    return math.prod(shape) * ITEMSIZE[dtype]

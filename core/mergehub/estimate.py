@@ -8,6 +8,7 @@ and the result); the time is a rough figure from typical throughputs on a CPU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from mergehub import dtypes
@@ -34,20 +35,13 @@ class Estimate:
         return asdict(self)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
-
-
 def read_bytes(tensor: OutputTensor) -> int:
     return sum(dtypes.nbytes(d, tensor.shape) for d in tensor.in_dtypes)
 
 
 def peak_bytes(tensor: OutputTensor) -> int:
     """Upper bound of the memory one output tensor needs while it is computed."""
-    n = _numel(tensor.shape)
+    n = math.prod(tensor.shape)
     work = dtypes.ITEMSIZE[tensor.work_dtype or dtypes.promote(tensor.in_dtypes)] if tensor.floating else 0
     loaded = read_bytes(tensor)
     cast_copies = len(tensor.inputs) * n * work  # inputs in the working dtype, stacked
