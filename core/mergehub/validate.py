@@ -39,9 +39,18 @@ def _translate(error: ValidationError, document: Document) -> list[Problem]:
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return [_problem(document, path, f"missing required key '{missing}'")]
     if error.validator in ("anyOf", "oneOf") and error.context:
-        deepest = best_match(error.context)
-        return [_problem(document, path, _value_message(deepest, path))]
+        return [_problem(document, path, _value_message(_closest(error), path))]
     return [_problem(document, path, _value_message(error, path))]
+
+
+def _closest(error: ValidationError) -> ValidationError:
+    """Of an anyOf's failed branches, the one meant for a value of this type.
+
+    ``t: -1`` fails the number branch on its minimum and the list branch on its type; the
+    useful message is the minimum, not "expected array".
+    """
+    relevant = [e for e in error.context if e.validator != "type"]
+    return best_match(relevant or error.context)
 
 
 def _unknown_key(document: Document, path: PathKey, key: str, allowed: list[str]) -> Problem:
