@@ -210,3 +210,15 @@ slices:
         assert len(plan.tensors) == 3 + 4 * 9  # embed, norm, lm_head + nine tensors per layer
     finally:
         plan.close()
+
+
+def test_yaml_reads_exponent_numbers_and_stays_safe():
+    import pytest
+
+    from mergehub.errors import MergehubError
+    from mergehub.yamlsource import parse_documents
+
+    data = parse_documents("a: 1e-4\nb: 1\nc: 1.5e3\nd: x1e4\ne: '1e-4'\nf: 2E+2\n")[0].data
+    assert data == {"a": 1e-4, "b": 1, "c": 1500.0, "d": "x1e4", "e": "1e-4", "f": 200.0}
+    with pytest.raises(MergehubError, match="not valid YAML"):
+        parse_documents("a: !!python/object/apply:os.system ['true']\n")

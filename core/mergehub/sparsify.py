@@ -1,10 +1,12 @@
 """Sparsifiers for task vectors: which entries of a delta survive.
 
 Shared by the task-vector methods (TIES, DARE, breadcrumbs, DELLA). Each returns a
-tensor of the input's shape and dtype with dropped entries set to zero; none
-rescales (the L1 rescale is applied by the caller, see :func:`rescale_l1`). Which of
-several exactly equal magnitudes survives at a cut-off is implementation-defined,
-as in mergekit.
+tensor of the input's shape with dropped entries set to zero, in the input's dtype
+except for the random ones, which return their sampling dtype (:func:`sampling_dtype`)
+so that the caller's L1 rescale (:func:`rescale_l1`) runs at mergekit's precision.
+None rescales by itself. Which of several exactly equal magnitudes survives at a
+cut-off is implementation-defined; we use the same unstable sort as mergekit so that
+bfloat16 recipes, where equal magnitudes are common, keep the same entries.
 """
 
 from __future__ import annotations
@@ -15,18 +17,25 @@ import torch
 
 
 def keep_top_k(magnitude: torch.Tensor, k: int) -> torch.Tensor:
-    """A boolean mask with exactly ``k`` of the largest entries of ``magnitude`` (flattened) set."""
+    """A boolean mask with exactly ``k`` of the largest entries of ``magnitude`` (flattened) set.
+
+    Equal values at the cut-off are chosen by torch's default (unstable) descending
+    sort, which is what mergekit uses, so the same entries survive; the choice does
+    not depend on the number of threads.
+    """
     flat = magnitude.reshape(-1)
     n = flat.numel()
-    if k <= 0:
-        return torch.zeros_like(flat, dtype=torch.bool).reshape(magnitude.shape)
+    mask = torch.zeros(n, dtype=torch.bool, device=flat.device)
     if k >= n:
-        return torch.ones_like(flat, dtype=torch.bool).reshape(magnitude.shape)
-    threshold = torch.kthvalue(flat, n - k + 1).values  # the k-th largest value
-    mask = flat > threshold
-    ties = (flat == threshold).nonzero().reshape(-1)
-    mask[ties[: k - int(mask.sum())]] = True
+        mask[:] = True
+    elif k > 0:
+        mask[torch.argsort(flat, descending=True)[:k]] = True
     return mask.reshape(magnitude.shape)
+
+
+def sampling_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype random masks are drawn and applied in: float32 for float16 on CPU, else the tensor's own."""
+    return torch.float32 if tensor.dtype == torch.float16 and tensor.device.type == "cpu" else tensor.dtype
 
 
 def magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
@@ -42,13 +51,14 @@ def magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
 def random(delta: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
     """DARE: keep each entry independently with probability ``density``.
 
-    float16 is sampled in float32 on CPU, bfloat16 natively (mergekit's rule).
+    float16 is sampled in float32 on CPU, bfloat16 natively (mergekit's rule); the
+    result stays in that sampling dtype.
     """
     if density >= 1:
         return delta
-    work = torch.float32 if delta.dtype == torch.float16 and delta.device.type == "cpu" else delta.dtype
+    work = sampling_dtype(delta)
     keep = torch.bernoulli(torch.full(delta.shape, density, dtype=work, device=delta.device), generator=generator)
-    return (delta.to(work) * keep).to(delta.dtype)
+    return delta.to(work) * keep
 
 
 def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
@@ -69,7 +79,11 @@ def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float) -> tor
 
 
 def della_magprune(delta: torch.Tensor, density: float, epsilon: float, generator: torch.Generator | None) -> torch.Tensor:
-    """DELLA: per row, keep probability rises linearly with magnitude rank from density−ε to density+ε."""
+    """DELLA: per row, keep probability rises linearly with magnitude rank from density−ε to density+ε.
+
+    Ranks and probabilities are computed in :func:`sampling_dtype` (so in bfloat16 for
+    bfloat16, rounded exactly as mergekit rounds them), and the result stays in it.
+    """
     if density >= 1:
         return delta
     if density <= 0:
@@ -77,20 +91,39 @@ def della_magprune(delta: torch.Tensor, density: float, epsilon: float, generato
     problem = check_della(density, epsilon)
     if problem:
         raise ValueError(problem)
+    work = sampling_dtype(delta)
     rows = delta.reshape(1, -1) if delta.dim() <= 1 else delta
-    ranks = torch.argsort(torch.argsort(rows.abs().float(), dim=-1), dim=-1).float()  # 0 .. n-1 per row
-    width = rows.shape[-1] - 1
-    position = ranks / width if width > 0 else torch.zeros_like(ranks)
-    probability = (density - epsilon) + 2 * epsilon * position
-    keep = torch.bernoulli(probability, generator=generator).to(delta.dtype)
-    return (rows * keep).reshape(delta.shape)
+    ranks = torch.argsort(torch.argsort(rows.abs(), dim=-1), dim=-1).to(work) + 1  # 1 .. n per row
+    if rows.shape[-1] > 1:
+        low, high = ranks.min(dim=-1, keepdim=True).values, ranks.max(dim=-1, keepdim=True).values
+        position = ((ranks - low) / (high - low)).clamp(0, 1)
+    else:
+        position = torch.zeros_like(ranks)
+    probability = (density - epsilon) + position * 2 * epsilon
+    keep = torch.bernoulli(probability, generator=generator)
+    return (rows.to(work) * keep).reshape(delta.shape)
 
 
 def check_della(density: float, epsilon: float) -> str | None:
     """Why (density, epsilon) cannot work, or None."""
+    problem = _della_range_problem(density, epsilon)
+    return f"density ± epsilon must lie strictly between 0 and 1, but {problem}" if problem else None
+
+
+def check_della_params(params: list[dict], shared: dict) -> str | None:
+    """The x-mergehub ``check`` of the DELLA methods: :func:`check_della` over every model's resolved parameters.
+
+    Every distinct bad combination is named in the one sentence, not just the first.
+    """
+    found = [_della_range_problem(p["density"], p["epsilon"]) for p in params if "density" in p and "epsilon" in p]
+    problems = list(dict.fromkeys(f for f in found if f))
+    return f"density ± epsilon must lie strictly between 0 and 1, but {'; '.join(problems)}" if problems else None
+
+
+def _della_range_problem(density: float, epsilon: float) -> str | None:
     if 0 < density < 1 and not (0 < density - epsilon and density + epsilon < 1):
-        return (f"density ± epsilon must lie strictly between 0 and 1, but density {density} with epsilon {epsilon} "
-                f"gives [{density - epsilon:g}, {density + epsilon:g}]")
+        return (f"density {density} with epsilon {epsilon} gives [{density - epsilon:g}, {density + epsilon:g}] "
+                f"(with this density, use an epsilon below {min(density, 1 - density):g})")
     return None
 
 

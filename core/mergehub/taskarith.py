@@ -60,9 +60,9 @@ def merge_task_vectors(inputs: MergeInputs, sparsifier: str | None, consensus: C
     for tensor, p in zip(others, params):
         delta = tensor - base
         sparse = SPARSIFIERS[sparsifier](delta, p, inputs.generator) if sparsifier else delta
-        if sparsifier and shared.get("rescale", False):
-            sparse = sparsify.rescale_l1(delta, sparse)
-        kept.append(sparse)
+        if sparsifier and shared.get("rescale", False):  # in the sparsifier's dtype (float32 for DARE on float16)
+            sparse = sparsify.rescale_l1(delta.to(sparse.dtype), sparse)
+        kept.append(sparse.to(delta.dtype))
     deltas = torch.stack(kept)
     weights = torch.tensor([p["weight"] for p in params], dtype=deltas.dtype, device=deltas.device)
     weights = weights.view(-1, *([1] * (deltas.dim() - 1)))

@@ -18,3 +18,53 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], dtyp
     for tensor, weight in zip(tensors, weights):
         result.add_(tensor.to(dtype), alpha=weight)
     return result
+
+
+def as_vectors(tensor: torch.Tensor, per_row: bool) -> torch.Tensor:
+    """The vectors a per-vector statistic runs over, along the last dim.
+
+    ``per_row=False``: the whole tensor, flattened into one vector. ``per_row=True``: each
+    row (a 1-D tensor counts as one row). Reshape the result back with ``.reshape(tensor.shape)``.
+    """
+    if not per_row:
+        return tensor.reshape(-1)
+    return tensor.reshape(1, -1) if tensor.dim() <= 1 else tensor
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """cos∠(a, b) along the last dim: a·b / max(‖a‖·‖b‖, eps), clamped to [−1, 1].
+
+    The product of the norms is clamped, not each norm, so a zero vector gives 0.
+    Computed in the inputs' dtype.
+    """
+    norms = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
+    return ((a * b).sum(dim=-1) / norms.clamp(min=eps)).clamp(-1, 1)
+
+
+def mean_pairwise_cosine(vectors: Sequence[torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
+    """The mean of :func:`cosine` over every pair i < j of two or more vectors (per row if they are rows)."""
+    pairs = [cosine(a, b, eps) for i, a in enumerate(vectors) for b in vectors[i + 1:]]
+    return torch.stack(pairs).mean(dim=0)
+
+
+def softmax_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KL(p‖q) = Σ p·log(p/q) along the last dim (kept, size 1), p = softmax(p_logits) + eps, q likewise."""
+    p = torch.softmax(p_logits, dim=-1) + eps
+    q = torch.softmax(q_logits, dim=-1) + eps
+    return (p * torch.log(p / q)).sum(dim=-1, keepdim=True)
+
+
+def index_quantiles(values: torch.Tensor, qs: Sequence[float], sample_size: int | None = None,
+                    generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Quantiles without interpolation: element ⌊q·(n−1)⌋ of the sorted (flattened) values.
+
+    With more than ``sample_size`` elements, the quantiles are those of ``sample_size``
+    values drawn uniformly *with replacement* using ``generator`` (mergekit 0.1.5's
+    rule, which bounds the memory of the sort); smaller tensors are deterministic.
+    """
+    flat = values.reshape(-1)
+    if sample_size is not None and flat.numel() > sample_size:
+        flat = flat[torch.randint(flat.numel(), (sample_size,), generator=generator, device=flat.device)]
+    ordered = torch.sort(flat).values
+    last = ordered.numel() - 1
+    return [ordered[int(q * last)] for q in qs]

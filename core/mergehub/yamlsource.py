@@ -7,6 +7,7 @@ be reported as ``file:line``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,17 @@ import yaml
 from mergehub.errors import MergehubError
 
 PathKey = tuple[str | int, ...]
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """The safe loader, also reading ``1e-4`` as a number (YAML 1.1 wants ``1.0e-4``), as mergekit does."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass
@@ -59,8 +71,8 @@ def _index(node: yaml.Node, path: PathKey, lines: dict[PathKey, int]) -> None:
 def parse_documents(text: str, file: str | None = None) -> list[Document]:
     """All YAML documents of ``text``; a syntax error becomes a located MergehubError."""
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-        datas = list(yaml.safe_load_all(text))
+        nodes = list(yaml.compose_all(text, Loader=RecipeLoader))
+        datas = list(yaml.load_all(text, Loader=RecipeLoader))  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{file or '<recipe>'}:{mark.line + 1}:{mark.column + 1}" if mark else file

@@ -1,0 +1,10 @@
+"""mergehub plugin: the ``arcee_fusion`` merge method."""
+
+from __future__ import annotations
+
+from mergehub import MethodSpec, hookimpl
+
+
+@hookimpl
+def mergehub_register_methods() -> list[MethodSpec]:
+    return [MethodSpec.from_package(__name__)]

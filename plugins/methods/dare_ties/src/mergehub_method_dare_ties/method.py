@@ -1,0 +1,16 @@
+"""DARE with TIES sign consensus: random dropping (from ``inputs.generator``), L1 rescale, then
+only the entries that agree with the elected sign are added.
+
+The maths is :func:`mergehub.taskarith.merge_task_vectors` with random dropping and sum consensus.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mergehub import MergeInputs
+from mergehub.taskarith import merge_task_vectors
+
+
+def merge(inputs: MergeInputs) -> torch.Tensor:
+    return merge_task_vectors(inputs, sparsifier="random", consensus="sum")

@@ -1,0 +1,28 @@
+"""Weighted spherical (barycentric) interpolation of the models, of their task vectors with a base.
+
+Computed in the inputs' dtype; see :func:`mergehub.spherical.multislerp`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mergehub import MergeInputs
+from mergehub.spherical import multislerp, split_optional_base
+
+
+def merge(inputs: MergeInputs) -> torch.Tensor:
+    base, tensors, params = split_optional_base(inputs)
+    return multislerp(tensors, [p["weight"] for p in params], base, inputs.shared["normalize_weights"],
+                      inputs.shared["eps"], inputs.name)
+
+
+def check(params: list[dict[str, Any]], shared: dict[str, Any]) -> str | None:
+    """Weights that sum to zero cannot be normalised (the merge would be all NaN)."""
+    weights = [p["weight"] for p in params if "weight" in p]
+    if shared.get("normalize_weights", True) and len(weights) > 1 and sum(weights) == 0:
+        return (f"the weights {weights} sum to 0, so normalize_weights cannot divide by their sum; "
+                "change the weights or set normalize_weights: false")
+    return None
