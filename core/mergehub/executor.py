@@ -8,7 +8,10 @@ output tensor at a time, never a whole model.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,11 @@ from typing import Any
 import torch
 
 from mergehub import dtypes
+from mergehub.blocks import BLOCK_ELEMENTS, DEFAULT_MAX_MEMORY, row_ranges
 from mergehub.errors import MergehubError
+from mergehub.estimate import peak_bytes
 from mergehub.plan import OutputTensor, Plan
-from mergehub.specs import MergeInputs
+from mergehub.specs import MergeInputs, import_object
 
 Progress = Callable[[OutputTensor], None]
 
@@ -52,40 +57,102 @@ def tensor_seed(seed: int | None, name: str) -> int:
 
 
 class Executor:
-    def __init__(self, plan: Plan, device: str = "cpu", seed: int | None = None):
+    """Computes the plan's tensors, each whole or in row blocks within ``max_memory``."""
+
+    def __init__(self, plan: Plan, device: str = "cpu", seed: int | None = None,
+                 max_memory: int = DEFAULT_MAX_MEMORY):
         self.plan = plan
         self.device = torch.device(device)
         self.seed = seed
-        self.merge = plan.recipe.method.load()
+        self.max_memory = max_memory
+        method = plan.recipe.method
+        self.merge = method.load()
+        self.kind = method.blocks
+        self.factory = import_object(self.kind) if ":" in self.kind else None
 
-    def compute(self, spec: OutputTensor) -> torch.Tensor:
-        tensors = [self.plan.models[i.model].reader.read(i.name) for i in spec.inputs]
+    def ranges(self, spec: OutputTensor) -> list[tuple[int, int]] | None:
+        """Row blocks for ``spec``; None means "read it whole" (it fits, or cannot be split)."""
+        if not spec.shape or self.kind == "none" or (self.kind == "rows" and len(spec.shape) == 1):
+            return None
+        rows = spec.shape[0]
+        per_row = max(1, peak_bytes(spec) // max(1, rows))
+        row_elements = max(1, math.prod(spec.shape[1:]))
+        blocks = row_ranges(rows, min(self.max_memory // per_row, max(1, BLOCK_ELEMENTS // row_elements)))
+        return None if len(blocks) == 1 and self.factory is None else blocks
+
+    def load(self, spec: OutputTensor, rows: tuple[int, int] | None) -> list[torch.Tensor]:
+        readers = [self.plan.models[i.model].reader for i in spec.inputs]
+        if rows is None:
+            return [r.read(i.name) for r, i in zip(readers, spec.inputs)]
+        return [r.read_rows(i.name, *rows) for r, i in zip(readers, spec.inputs)]
+
+    def inputs(self, spec: OutputTensor, rows: tuple[int, int] | None, tensors: list[torch.Tensor]) -> MergeInputs:
+        work = dtypes.to_torch(spec.work_dtype or dtypes.promote(spec.in_dtypes))
+        generator = None
+        if self.plan.recipe.method.randomized:
+            generator = torch.Generator(device=self.device).manual_seed(tensor_seed(self.seed, spec.name))
+        return MergeInputs(spec.name, [t.to(device=self.device, dtype=work) for t in tensors], spec.base, spec.params,
+                           spec.shared, [str(self.plan.models[i.model].ref) for i in spec.inputs], generator,
+                           offset=rows[0] if rows else 0, full_shape=spec.shape)
+
+    def compute(self, spec: OutputTensor) -> Iterator[torch.Tensor]:
+        """The output tensor, whole or as consecutive row blocks, in the output dtype on the CPU."""
         if not spec.floating:
-            result = _identical_or_fail(spec, tensors)
-        else:
-            work = dtypes.to_torch(spec.work_dtype) if spec.work_dtype else dtypes.to_torch(dtypes.promote(spec.in_dtypes))
-            tensors = [t.to(device=self.device, dtype=work) for t in tensors]
-            generator = None
-            if self.plan.recipe.method.randomized:
-                generator = torch.Generator(device=self.device).manual_seed(tensor_seed(self.seed, spec.name))
-            inputs = MergeInputs(spec.name, tensors, spec.base, spec.params, spec.shared,
-                                 [str(self.plan.models[i.model].ref) for i in spec.inputs], generator)
-            result = self.merge(inputs)
-        if tuple(result.shape) != spec.shape:
+            yield self.finish(spec, _identical_or_fail(spec, self.load(spec, None)), spec.shape)
+            return
+        ranges = self.ranges(spec)
+        if self.factory is not None:
+            ranges = ranges or [(0, spec.shape[0] if spec.shape else 1)]
+            yield from self.multi_pass(spec, ranges)
+            return
+        for rows in ranges or [None]:
+            block = self.merge(self.inputs(spec, rows, self.load(spec, rows)))
+            yield self.finish(spec, block, self.block_shape(spec, rows))
+
+    def multi_pass(self, spec: OutputTensor, ranges: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
+        whole = not spec.shape
+        meta = self.inputs(spec, None, [])
+        merger = self.factory(meta)
+        for pass_index in range(merger.passes):
+            for rows in ranges:
+                merger.collect(pass_index, self.inputs(spec, rows, self.load(spec, None if whole else rows)))
+        for rows in ranges:
+            block = merger.merge(self.inputs(spec, rows, self.load(spec, None if whole else rows)))
+            yield self.finish(spec, block, spec.shape if whole else self.block_shape(spec, rows))
+
+    @staticmethod
+    def block_shape(spec: OutputTensor, rows: tuple[int, int] | None) -> tuple[int, ...]:
+        return spec.shape if rows is None else (rows[1] - rows[0], *spec.shape[1:])
+
+    def finish(self, spec: OutputTensor, result: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        if tuple(result.shape) != shape:
             raise MergehubError(f"method '{self.plan.recipe.method.name}' returned shape {tuple(result.shape)} "
-                                f"for {spec.name}, expected {spec.shape}", hint="this is a bug in the method plugin")
+                                f"for {spec.name}, expected {shape}", hint="this is a bug in the method plugin")
         return result.to(device="cpu", dtype=dtypes.to_torch(spec.out_dtype)).contiguous()
 
     def write(self, directory: Path, backend: Any, shard_size: int, progress: Progress | None = None) -> list[Shard]:
-        """Write every shard into ``directory`` with the IO ``backend``; returns the shard layout."""
+        """Write every shard into ``directory`` with the IO ``backend``; returns the shard layout.
+
+        Writing happens on a second thread (file writes release the GIL), at most two blocks
+        behind the maths, so reading, merging and writing overlap within the memory bound.
+        """
         shards = layout_shards(self.plan.tensors, shard_size)
-        for shard in shards:
-            entries = [(t.name, t.out_dtype, t.shape) for t in shard.tensors]
-            with backend.writer(directory / shard.file, entries, {"format": "pt"}) as writer:
-                for spec in shard.tensors:
-                    writer.write(spec.name, self.compute(spec))
-                    if progress:
-                        progress(spec)
+        with ThreadPoolExecutor(1, thread_name_prefix="mergehub-writer") as pool:
+            for shard in shards:
+                entries = [(t.name, t.out_dtype, t.shape) for t in shard.tensors]
+                with backend.writer(directory / shard.file, entries, {"format": "pt"}) as writer:
+                    pending: deque[Future] = deque()
+                    try:
+                        for spec in shard.tensors:
+                            for block in self.compute(spec):
+                                pending.append(pool.submit(writer.write, spec.name, block))
+                                while len(pending) > 1:
+                                    pending.popleft().result()
+                            if progress:
+                                progress(spec)
+                    finally:  # never close the shard under a write still running
+                        while pending:
+                            pending.popleft().result()
         return shards
 
 

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergehub.blocks import DEFAULT_MAX_MEMORY
 from mergehub.errors import MergehubError
 from mergehub.fingerprint import STAMP, stage_fingerprint, stamp, stored_fingerprint, stored_stamp
 from mergehub.output import check_supported, write_model
@@ -26,6 +27,7 @@ class RunOptions:
     seed: int | None = None
     device: str = "cpu"
     allow_crimes: bool = False
+    max_memory: int = DEFAULT_MAX_MEMORY
 
 
 def fingerprints(stages: list[Stage], registry: Registry, seed: int | None) -> dict[str, str]:
@@ -69,7 +71,7 @@ def run_stages(stages: list[Stage], registry: Registry, backend: object, options
         try:
             with progress_for(plan) if progress_for else nullcontext(None) as advance:
                 write_model(plan, stage.output, backend, force=True, shard_size=options.shard_size, seed=options.seed,
-                            device=options.device, progress=advance,
+                            device=options.device, progress=advance, max_memory=options.max_memory,
                             extra_files={STAMP: stamp(prints[str(stage.output)], stage.name, recipe_id(stage))})
         finally:
             plan.close()

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from mergehub import __version__
+from mergehub.blocks import DEFAULT_MAX_MEMORY
 from mergehub.errors import MergehubError
 from mergehub.executor import Executor, Progress, weight_map
 from mergehub.models import ModelInfo
@@ -49,7 +50,8 @@ def check_supported(plan: Plan) -> None:
 
 
 def write_model(plan: Plan, out: Path, backend: object, *, force: bool, shard_size: int, seed: int | None,
-                device: str, progress: Progress | None = None, extra_files: dict[str, str] | None = None) -> None:
+                device: str, progress: Progress | None = None, extra_files: dict[str, str] | None = None,
+                max_memory: int = DEFAULT_MAX_MEMORY) -> None:
     check_output(out, force)
     check_supported(plan)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,7 @@ def write_model(plan: Plan, out: Path, backend: object, *, force: bool, shard_si
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        shards = Executor(plan, device=device, seed=seed).write(tmp, backend, shard_size, progress)
+        shards = Executor(plan, device=device, seed=seed, max_memory=max_memory).write(tmp, backend, shard_size, progress)
         if len(shards) > 1:
             total = sum(t.nbytes for t in plan.tensors)
             index = {"metadata": {"total_size": total, "mergehub_version": __version__}, "weight_map": weight_map(shards)}

@@ -52,6 +52,10 @@ class MethodSpec:
     paper: str | None = None
     randomized: bool = False
     check: str | None = None  # "package.module:function": (params, shared) -> problem text or None
+    #: How a tensor too large for --max-memory can be merged in row blocks: "elementwise" (the merge
+    #: function works on any block of rows, or of elements for 1-D tensors), "rows" (on blocks of whole
+    #: rows), "package.module:factory" (a multi-pass BlockMerge, see mergehub.blocks), or "none".
+    blocks: str = "none"
 
     @classmethod
     def from_schema_file(cls, path: str | Path, implementation: str) -> MethodSpec:
@@ -71,6 +75,7 @@ class MethodSpec:
             paper=contract.get("paper"),
             randomized=contract.get("randomized", False),
             check=contract.get("check"),
+            blocks=contract.get("blocks", "none"),
         )
 
     @classmethod
@@ -157,3 +162,6 @@ class MergeInputs:
     shared: dict[str, Any]
     models: list[str] = field(default_factory=list)
     generator: torch.Generator | None = None
+    #: For a block of a larger tensor: the index (along dim 0) of its first row, and the whole shape.
+    offset: int = 0
+    full_shape: tuple[int, ...] | None = None

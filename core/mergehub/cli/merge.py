@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mergehub.cli.common import add_config_argument, add_model_options, plan_recipe, read_recipe, registry
 from mergehub.cli.render import err, progress_bar
+from mergehub.blocks import DEFAULT_MAX_MEMORY
 from mergehub.errors import MergehubError
 from mergehub.yamlsource import read_recipe_file
 
@@ -35,6 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing output (only once the new one is complete)")
     parser.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"), metavar="SIZE",
                         help="largest shard in bytes, e.g. 2GB, 500MB (default 5GB)")
+    parser.add_argument("--max-memory", type=parse_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                        help="most memory the maths may hold at once, e.g. 512MB, 2GB (default 256MiB); "
+                             "larger tensors are merged in row blocks")
     parser.add_argument("--seed", type=int, default=None, help="seed for randomised methods (same seed, same bytes)")
     parser.add_argument("--device", default="cpu", help="torch device for the maths, e.g. cpu or cuda (default cpu)")
     add_model_options(parser)
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with progress_bar(total, len(plan.tensors)) as advance:
             write_model(plan, out, backend, force=args.force, shard_size=args.shard_size, seed=args.seed,
-                        device=args.device, progress=advance)  # type: ignore[arg-type]
+                        device=args.device, progress=advance, max_memory=args.max_memory)  # type: ignore[arg-type]
     finally:
         plan.close()
     seconds = time.perf_counter() - started

@@ -71,6 +71,10 @@ class SafetensorsReader:
     def read(self, name: str) -> torch.Tensor:
         return self._handle(self.where[name]).get_tensor(name)
 
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` (along dim 0) only, copied out of the memory map."""
+        return self._handle(self.where[name]).get_slice(name)[start:stop]
+
     def close(self) -> None:
         self.files.clear()
 
@@ -97,24 +101,39 @@ class StreamingWriter:
         raw += b" " * (-len(raw) % 8)  # data must start 8-byte aligned
         self.file = open(path, "wb")
         self.file.write(struct.pack("<Q", len(raw)) + raw)
-        self.next = 0
+        self.next = 0  # index of the tensor being written
+        self.done = 0  # its bytes written so far
+        self._skip_empty()
+
+    def _skip_empty(self) -> None:
+        while self.next < len(self.order) and self.sizes[self.order[self.next]] == 0:
+            self.next += 1  # empty tensors have no bytes to wait for
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append ``tensor``'s bytes: the whole tensor, or its next block of rows (blocks in order)."""
+        if self.sizes.get(name) == 0:
+            return
+        if self.next >= len(self.order):
+            raise RuntimeError(f"tensor {name} written after the last planned tensor")
         expected = self.order[self.next]
         if name != expected:
             raise RuntimeError(f"tensor {name} written out of order (expected {expected})")
         data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        if data.nbytes != self.sizes[name]:
-            raise RuntimeError(f"tensor {name} has {data.nbytes} bytes, planned {self.sizes[name]}")
+        self.done += data.nbytes
+        if self.done > self.sizes[name]:
+            raise RuntimeError(f"tensor {name} has more bytes than the {self.sizes[name]} planned")
         self.file.write(memoryview(data))
-        self.next += 1
+        if self.done == self.sizes[name]:
+            self.next += 1
+            self.done = 0
+            self._skip_empty()
 
     def __enter__(self) -> StreamingWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
-            if kind is None and self.next != len(self.order):
+            if kind is None and (self.next != len(self.order) or self.done):
                 raise RuntimeError(f"{self.path}: {len(self.order) - self.next} tensors were never written")
             if kind is None:
                 self.file.flush()

@@ -1,0 +1,42 @@
+"""Merging a tensor in row blocks, so memory is bounded by ``--max-memory``, not by the tensor.
+
+Methods say how they can be blocked (``x-mergehub.blocks``):
+
+- ``elementwise``: the method's ``merge`` works on any block of rows (of elements for 1-D tensors);
+- ``rows``: it works on blocks of whole rows (a 1-D tensor is one row);
+- ``"package.module:factory"``: statistics over the whole tensor are needed first. ``factory(meta)``
+  gets a :class:`~mergehub.specs.MergeInputs` without tensors (name, params, shared, ``full_shape``)
+  and returns a :class:`BlockMerge`, which sees every block ``passes`` times through ``collect`` and
+  then once more through ``merge``, in row order. Its results must not depend on where the blocks
+  start and end, so the bytes are the same whatever ``--max-memory`` is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergehub.specs import MergeInputs
+
+#: Default bound for the tensors the maths holds at once (inputs, working copies, result).
+DEFAULT_MAX_MEMORY = 256 * 1024**2
+#: Blockable tensors are processed in blocks of at most this many elements even when they would fit:
+#: blocks of a few MB stay in the allocator's reusable heap and in cache, instead of fresh zeroed pages.
+BLOCK_ELEMENTS = 1 << 20
+
+
+class BlockMerge(Protocol):
+    passes: int
+
+    def collect(self, pass_index: int, block: MergeInputs) -> None:
+        """Accumulate statistics from one block (called for every block, ``passes`` times over)."""
+
+    def merge(self, block: MergeInputs) -> torch.Tensor:
+        """The output rows of one block, once the statistics are complete."""
+
+
+def row_ranges(rows: int, rows_per_block: int) -> list[tuple[int, int]]:
+    step = max(1, rows_per_block)
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)] or [(0, 0)]
