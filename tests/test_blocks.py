@@ -14,6 +14,12 @@ RECIPES = {
               "  - {{model: {b}, parameters: {{weight: [0.5, 1]}}}}\ndtype: bfloat16\n",
     "passthrough": "merge_method: passthrough\nmodels:\n  - {{model: {a}, parameters: {{scale: 0.5}}}}\n",
     "nearswap": "merge_method: nearswap\nbase_model: {a}\nmodels:\n  - model: {b}\nparameters: {{t: 0.01}}\n",
+    "ties": "merge_method: ties\nbase_model: {a}\nmodels:\n"
+            "  - {{model: {b}, parameters: {{weight: 0.7, density: 0.3}}}}\n"
+            "  - {{model: {c}, parameters: {{weight: 0.4, density: [0.2, 0.9]}}}}\ndtype: bfloat16\n",
+    "ties-rescale": "merge_method: ties\nbase_model: {a}\nparameters: {{rescale: true}}\nmodels:\n"
+                    "  - {{model: {b}, parameters: {{weight: 1, density: 0.5}}}}\n"
+                    "  - {{model: {c}, parameters: {{weight: 1, density: 0.25}}}}\n",
     "task_arithmetic": "merge_method: task_arithmetic\nbase_model: {a}\nmodels:\n"
                        "  - {{model: {b}, parameters: {{weight: 0.7}}}}\n  - {{model: {c}, parameters: {{weight: 0.4}}}}\n",
 }

@@ -5,7 +5,8 @@ Methods say how they can be blocked (``x-mergehub.blocks``):
 - ``elementwise``: the method's ``merge`` works on any block of rows (of elements for 1-D tensors);
 - ``rows``: it works on blocks of whole rows (a 1-D tensor is one row);
 - ``"package.module:factory"``: statistics over the whole tensor are needed first. ``factory(meta)``
-  gets a :class:`~mergehub.specs.MergeInputs` without tensors (name, params, shared, ``full_shape``)
+  gets a :class:`~mergehub.specs.MergeInputs` whose tensors are empty (they tell the working dtype),
+  with name, params, shared and ``full_shape``,
   and returns a :class:`BlockMerge`, which sees every block ``passes`` times through ``collect`` and
   then once more through ``merge``, in row order. Its results must not depend on where the blocks
   start and end, so the bytes are the same whatever ``--max-memory`` is.

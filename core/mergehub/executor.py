@@ -111,7 +111,7 @@ class Executor:
 
     def multi_pass(self, spec: OutputTensor, ranges: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
         whole = not spec.shape
-        meta = self.inputs(spec, None, [])
+        meta = self.inputs(spec, None, [torch.empty(0) for _ in spec.inputs])  # no data, but the working dtype
         merger = self.factory(meta)
         for pass_index in range(merger.passes):
             for rows in ranges:

@@ -1,7 +1,8 @@
 """TIES-merging: keep the largest ``density`` of each task vector, elect a sign per entry by
 summed value, and average (weighted) the entries that agree with it.
 
-The maths is :func:`mergehub.taskarith.merge_task_vectors` with magnitude trimming and sum consensus.
+The maths is :class:`mergehub.taskarith.MagnitudeBlocks` with sum consensus; the same object
+merges a tensor given whole or, when it is larger than ``--max-memory``, in row blocks.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.taskarith import merge_task_vectors
+from mergehub.taskarith import merge_whole, ties_blocks
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    return merge_task_vectors(inputs, sparsifier="magnitude", consensus="sum")
+    inputs.full_shape = inputs.full_shape or tuple(inputs.tensors[0].shape)
+    return merge_whole(ties_blocks(inputs), inputs)
