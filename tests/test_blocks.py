@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,20 +11,9 @@ from mergehub.blocks import row_ranges
 from mergehub.estimate import peak_bytes
 from mergehub.testing import load_state, run_cli
 
-RECIPES = {
-    "linear": "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 0.3}}}}\n"
-              "  - {{model: {b}, parameters: {{weight: [0.5, 1]}}}}\ndtype: bfloat16\n",
-    "passthrough": "merge_method: passthrough\nmodels:\n  - {{model: {a}, parameters: {{scale: 0.5}}}}\n",
-    "nearswap": "merge_method: nearswap\nbase_model: {a}\nmodels:\n  - model: {b}\nparameters: {{t: 0.01}}\n",
-    "ties": "merge_method: ties\nbase_model: {a}\nmodels:\n"
-            "  - {{model: {b}, parameters: {{weight: 0.7, density: 0.3}}}}\n"
-            "  - {{model: {c}, parameters: {{weight: 0.4, density: [0.2, 0.9]}}}}\ndtype: bfloat16\n",
-    "ties-rescale": "merge_method: ties\nbase_model: {a}\nparameters: {{rescale: true}}\nmodels:\n"
-                    "  - {{model: {b}, parameters: {{weight: 1, density: 0.5}}}}\n"
-                    "  - {{model: {c}, parameters: {{weight: 1, density: 0.25}}}}\n",
-    "task_arithmetic": "merge_method: task_arithmetic\nbase_model: {a}\nmodels:\n"
-                       "  - {{model: {b}, parameters: {{weight: 0.7}}}}\n  - {{model: {c}, parameters: {{weight: 0.4}}}}\n",
-}
+#: One recipe per file, ``{a}``, ``{b}``, ``{c}`` standing for three tiny models (a is the usual base).
+RECIPE_DIR = Path(__file__).parent / "block_recipes"
+RECIPES = {p.stem: p.read_text() for p in sorted(RECIPE_DIR.glob("*.yaml"))}
 
 
 def test_row_ranges_cover_every_row_once():
@@ -35,7 +26,7 @@ def test_row_ranges_cover_every_row_once():
 def test_blocked_equals_whole(tmp_path, tiny_models, method):
     a, b, c = (tiny_models(n, layers=2, seed=s) for n, s in (("a", 1), ("b", 2), ("c", 3)))
     cfg = tmp_path / "r.yaml"
-    cfg.write_text(RECIPES[method].format(a=a, b=b, c=c))
+    cfg.write_text(RECIPES[method].replace("{a}", str(a)).replace("{b}", str(b)).replace("{c}", str(c)))
     for out, memory in (("whole", "1GB"), ("blocked", "2K")):  # 2 KB: a handful of rows per block
         result = run_cli("merge", cfg, "--out", tmp_path / out, "--max-memory", memory)
         assert result.returncode == 0, result.output
