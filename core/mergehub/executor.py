@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mergehub import dtypes
+from mergehub import allocator, dtypes
 from mergehub.blocks import BLOCK_ELEMENTS, DEFAULT_MAX_MEMORY, row_ranges
 from mergehub.errors import MergehubError
 from mergehub.estimate import peak_bytes
@@ -65,6 +65,7 @@ class Executor:
         self.device = torch.device(device)
         self.seed = seed
         self.max_memory = max_memory
+        allocator.tune()
         method = plan.recipe.method
         self.merge = method.load()
         self.kind = method.blocks

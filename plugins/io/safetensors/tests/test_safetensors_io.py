@@ -81,3 +81,20 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(MergehubError, match="model.safetensors"):
         SafetensorsBackend().open(tmp_path)
+
+
+def test_early_writeback_keeps_the_bytes(tmp_path, monkeypatch):
+    """Write-out requested every 64 bytes (instead of 64 MiB) changes nothing in the file."""
+    from mergehub_io_safetensors.backend import Writeback
+
+    monkeypatch.setattr(Writeback, "STEP", 64)
+    tensors = {f"w{i}": torch.randn(37, 5 + i) for i in range(4)}
+    entries = [(n, "float32", tuple(t.shape)) for n, t in tensors.items()]
+    with SafetensorsBackend().writer(tmp_path / "x.safetensors", entries, {"format": "pt"}) as writer:
+        for name, tensor in tensors.items():
+            for rows in tensor.split(4):  # row blocks, as the executor writes them
+                writer.write(name, rows)
+        assert writer.flusher.start > writer.flusher.STEP  # write-out was requested while writing
+    save_file(tensors, str(tmp_path / "ref.safetensors"), {"format": "pt"})
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as f:
+        assert all(torch.equal(f.get_tensor(n), t) for n, t in tensors.items())

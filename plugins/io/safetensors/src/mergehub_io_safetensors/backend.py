@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import struct
@@ -101,6 +103,7 @@ class StreamingWriter:
         raw += b" " * (-len(raw) % 8)  # data must start 8-byte aligned
         self.file = open(path, "wb")
         self.file.write(struct.pack("<Q", len(raw)) + raw)
+        self.flusher = Writeback(self.file.fileno(), self.file.tell())
         self.next = 0  # index of the tensor being written
         self.done = 0  # its bytes written so far
         self._skip_empty()
@@ -123,6 +126,7 @@ class StreamingWriter:
         if self.done > self.sizes[name]:
             raise RuntimeError(f"tensor {name} has more bytes than the {self.sizes[name]} planned")
         self.file.write(memoryview(data))
+        self.flusher.wrote(data.nbytes)
         if self.done == self.sizes[name]:
             self.next += 1
             self.done = 0
@@ -140,3 +144,45 @@ class StreamingWriter:
                 os.fsync(self.file.fileno())
         finally:
             self.file.close()
+
+
+class Writeback:
+    """Starts the disk write of each finished stretch of a shard while the merge goes on.
+
+    Without it the kernel holds the whole shard as dirty pages until the final fsync, which
+    then waits for all of it; asking for write-out every ``step`` bytes (Linux
+    ``sync_file_range``, which does not wait) overlaps the disk with the maths and keeps dirty
+    memory small. Where the call is not available this does nothing and fsync does it all.
+    """
+
+    STEP = 64 * 1024**2
+    _call: Any = None
+
+    def __init__(self, fd: int, start: int):
+        self.fd = fd
+        self.start = start  # first byte not yet handed to the kernel for writing
+        self.written = start
+
+    def wrote(self, nbytes: int) -> None:
+        self.written += nbytes
+        if self.written - self.start >= self.STEP:
+            _sync_file_range(self.fd, self.start, self.written - self.start)
+            self.start = self.written
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range(fd: int, offset: int, nbytes: int) -> None:
+    if Writeback._call is None:
+        Writeback._call = _load_sync_file_range()
+    if Writeback._call:
+        Writeback._call(fd, ctypes.c_int64(offset), ctypes.c_int64(nbytes), SYNC_FILE_RANGE_WRITE)
+
+
+def _load_sync_file_range() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.sync_file_range
+    except (OSError, AttributeError):
+        return False
