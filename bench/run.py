@@ -123,6 +123,47 @@ dtype: bfloat16
     },
 }
 
+def _base_and_two(method: str, params: str = "", shared: str = "", what: str = "") -> dict:
+    """A recipe merging a and b onto base with ``method``; ``params`` go on each model, ``shared`` at the top."""
+    models = "".join(f"  - model: {{{m}}}\n" + (f"    parameters: {{{{{params}}}}}\n" if params else "") for m in ("a", "b"))
+    top = f"parameters: {{{{{shared}}}}}\n" if shared else ""
+    return {"models": ["base", "a", "b"],
+            "text": f"merge_method: {method}\nbase_model: {{base}}\nmodels:\n{models}{top}dtype: bfloat16\n",
+            "what": f"{method} base + a + b{', ' + what if what else ''}, dtype bfloat16"}
+
+
+RECIPES.update({
+    "task_arithmetic": _base_and_two("task_arithmetic", "weight: 0.5"),
+    "dare_linear": _base_and_two("dare_linear", "weight: 0.5, density: 0.5", what="density 0.5"),
+    "breadcrumbs": _base_and_two("breadcrumbs", "weight: 0.5, density: 0.9, gamma: 0.01", what="density 0.9, gamma 0.01"),
+    "breadcrumbs_ties": _base_and_two("breadcrumbs_ties", "weight: 0.5, density: 0.9, gamma: 0.01",
+                                      what="density 0.9, gamma 0.01"),
+    "della": _base_and_two("della", "weight: 0.5, density: 0.5, epsilon: 0.1", what="density 0.5, epsilon 0.1"),
+    "della_linear": _base_and_two("della_linear", "weight: 0.5, density: 0.5, epsilon: 0.1",
+                                  what="density 0.5, epsilon 0.1"),
+    "sce": _base_and_two("sce", shared="select_topk: 0.5", what="select_topk 0.5"),
+    "nuslerp": _base_and_two("nuslerp", "weight: 0.5", what="weights 0.5/0.5 on task vectors"),
+    "multislerp": _base_and_two("multislerp", "weight: 0.5", what="weights 0.5/0.5 on task vectors"),
+    "karcher": {"models": ["a", "b"], "what": "karcher mean of a and b, dtype bfloat16",
+                "text": "merge_method: karcher\nmodels:\n  - model: {a}\n  - model: {b}\ndtype: bfloat16\n"},
+    "nearswap": {"models": ["a", "b"], "what": "nearswap a towards b, t 0.001, dtype bfloat16",
+                 "text": "merge_method: nearswap\nbase_model: {a}\nmodels:\n  - model: {b}\n"
+                         "parameters: {{t: 0.001}}\ndtype: bfloat16\n"},
+    "arcee_fusion": {"models": ["a", "b"], "what": "arcee_fusion of b onto a, dtype bfloat16",
+                     "text": "merge_method: arcee_fusion\nbase_model: {a}\nmodels:\n  - model: {b}\n"
+                             "dtype: bfloat16\n"},
+})
+
+#: Issue 5's targets: (kind, bound). "floor": wall <= bound x the I/O floor; "mergekit": mergekit's wall >= bound x
+#: ours; plus the peak private memory bound in MB where one is set.
+TARGETS: dict[str, tuple[str, float, int | None]] = {
+    "linear": ("floor", 1.5, 512), "passthrough": ("floor", 1.2, None),
+    "ties": ("mergekit", 10, 1024), "dare_ties": ("mergekit", 10, 1024),
+    "slerp": ("mergekit", 5, None), "model_stock": ("mergekit", 3, None),
+}
+DEFAULT_TARGET = ("mergekit", 2, None)
+
+
 # Runs mergehub's CLI in-process with Executor.compute wrapped to log when each output tensor starts
 # and ends, so that the memory samples can be attributed to tensors (only with --attribute).
 TRACE_WRAPPER = """\
@@ -384,7 +425,7 @@ def find_mergekit(given: str | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", default="linear,passthrough", help=f"comma-separated, from {', '.join(RECIPES)}")
+    parser.add_argument("--recipes", default="linear,passthrough", help=f"comma-separated, from {', '.join(RECIPES)}; or all")
     parser.add_argument("--models-dir", type=Path, default=DEFAULT_WORK / "models", help="where make_checkpoints.py wrote base, a, b")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="recipes, outputs and logs go under here (outside the repo)")
     parser.add_argument("--mergehub", help="the mergehub executable (default: on PATH or beside this Python)")
@@ -400,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results.md", help="markdown output (default bench/results.md)")
     args = parser.parse_args(argv)
 
-    names = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    names = list(RECIPES) if args.recipes == "all" else [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [r for r in names if r not in RECIPES]
     if unknown:
         parser.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
@@ -597,6 +638,7 @@ def render(runs: list[Run], floors: dict, floor_runs: dict, names: list[str], me
         lines.append("")
     else:
         lines += ["mergekit: not available", ""]
+    lines += _targets(runs, floors, names)
     details = []
     for run in runs:
         walls = (f" (runs: {', '.join(f'{w:.1f}' for w in run.walls)} s; median {statistics.median(run.walls):.1f} s)"
@@ -609,6 +651,29 @@ def render(runs: list[Run], floors: dict, floor_runs: dict, names: list[str], me
             details.append(f"  - {line}")
     lines += ["Details:", "", *details, ""]
     return "\n".join(lines)
+
+
+def _targets(runs: list[Run], floors: dict, names: list[str]) -> list[str]:
+    """Issue 5's targets, each with the measured figure and whether this run met it."""
+    lines = ["Targets:", "", "| recipe | target | measured | met |", "|---|---|---:|---|"]
+    for name in names:
+        kind, bound, memory = TARGETS.get(name, DEFAULT_TARGET)
+        hub = next((r for r in runs if r.recipe == name and r.tool == "mergehub" and r.returncode == 0), None)
+        kit = next((r for r in runs if r.recipe == name and r.tool == "mergekit" and r.returncode == 0), None)
+        floor = sum(floors.get(name, (0, 0))[:2])
+        checks: list[tuple[str, str, bool | None]] = []
+        if kind == "floor":
+            ratio = hub.wall / floor if hub and floor else None
+            checks.append((f"wall ≤ {bound}× I/O floor", f"{ratio:.2f}×" if ratio else "–", ratio <= bound if ratio else None))
+        else:
+            speedup = kit.wall / hub.wall if hub and kit else None
+            checks.append((f"≥ {bound}× faster than mergekit", f"{speedup:.1f}×" if speedup else "–",
+                           speedup >= bound if speedup else None))
+        if memory and hub:
+            checks.append((f"peak private ≤ {memory} MB", f"{hub.peak_mb:.0f} MB", hub.peak_mb <= memory))
+        for target, measured, met in checks:
+            lines.append(f"| {name} | {target} | {measured} | {'yes' if met else 'no' if met is False else '–'} |")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":
