@@ -238,3 +238,18 @@ def test_chat_template_auto_takes_the_most_common(tmp_path):
                 + "".join(f"  - model: {m}\n" for m in models) + "chat_template: auto\n")
     merge_ok(cfg, tmp_path / "out")
     assert (tmp_path / "out/chat_template.jinja").read_text() == "{{ 'two' }}"
+
+
+def test_device_option_runs_the_maths_there_and_rejects_a_missing_device(tmp_path, tiny_models):
+    """``--device cpu`` gives the default's bytes; a device the machine lacks is one clear error, nothing written."""
+    a, b = tiny_models("a", layers=2, seed=1), tiny_models("b", layers=2, seed=2)
+    cfg = write(tmp_path / "r.yaml", f"merge_method: slerp\nbase_model: {a}\nmodels:\n  - model: {a}\n  - model: {b}\n"
+                                     "parameters: {t: 0.3}\n")
+    merge_ok(cfg, tmp_path / "default")
+    merge_ok(cfg, tmp_path / "cpu", "--device", "cpu")
+    default, cpu = load_state(tmp_path / "default"), load_state(tmp_path / "cpu")
+    assert set(default) == set(cpu) and all(torch.equal(default[n], cpu[n]) for n in default)
+    missing = "cuda" if not torch.cuda.is_available() else "cuda:999"
+    result = run_cli("merge", cfg, "--out", tmp_path / "gpu", "--device", missing)
+    assert result.returncode != 0 and f"cannot use device '{missing}'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "gpu").exists()

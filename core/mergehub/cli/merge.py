@@ -82,5 +82,5 @@ def check_device(device: str) -> None:
 
     try:
         torch.empty(0, device=device)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, AssertionError) as exc:  # a CPU-only torch asserts for cuda
         raise MergehubError(f"cannot use device '{device}': {exc}", hint="use --device cpu, or a device this machine has") from exc
