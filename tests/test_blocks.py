@@ -59,3 +59,22 @@ def test_the_embedding_is_split_into_blocks_within_the_budget(tiny_models):
     expected = load_state(a)["model.embed_tokens.weight"] + load_state(b)["model.embed_tokens.weight"]
     torch.testing.assert_close(torch.cat(blocks), expected / 2)
     plan.close()
+
+
+def test_plan_memory_figure_follows_the_budget(tiny_models):
+    from mergehub.config import load_recipe
+    from mergehub.estimate import estimate
+    from mergehub.plan import make_plan
+    from mergehub.registry import build_registry
+    from mergehub.yamlsource import parse_documents
+
+    a, b = tiny_models("a", layers=2, seed=1), tiny_models("b", layers=2, seed=2)
+    registry = build_registry()
+    recipe = load_recipe(parse_documents(f"merge_method: linear\nparameters: {{weight: 1}}\n"
+                                         f"models:\n  - model: {a}\n  - model: {b}\n")[0], registry)
+    plan = make_plan(recipe, registry)
+    whole = max(peak_bytes(t) for t in plan.tensors)
+    assert estimate(plan, 1 << 40).peak_memory_bytes == whole  # tiny tensors: each is one block
+    budget = whole // 5
+    assert 0 < estimate(plan, budget).peak_memory_bytes <= budget
+    plan.close()

@@ -14,6 +14,7 @@ Methods say how they can be blocked (``x-mergehub.blocks``):
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -36,6 +37,29 @@ class BlockMerge(Protocol):
 
     def merge(self, block: MergeInputs) -> torch.Tensor:
         """The output rows of one block, once the statistics are complete."""
+
+
+def plan_blocks(shape: tuple[int, ...], peak: int, kind: str, max_memory: int) -> list[tuple[int, int]] | None:
+    """The row blocks a tensor of ``shape`` is merged in, given the bytes ``peak`` it needs whole.
+
+    None means "merge it whole": the method cannot split it, or it is one block and the method
+    has no multi-pass merger. Shared by the executor and by ``mergehub plan``'s memory figure.
+    """
+    if not shape or kind == "none" or (kind == "rows" and len(shape) == 1):
+        return None
+    rows = shape[0]
+    per_row = max(1, peak // max(1, rows))
+    row_elements = max(1, math.prod(shape[1:]))
+    blocks = row_ranges(rows, min(max_memory // per_row, max(1, BLOCK_ELEMENTS // row_elements)))
+    return None if len(blocks) == 1 and ":" not in kind else blocks
+
+
+def block_peak(shape: tuple[int, ...], peak: int, kind: str, max_memory: int) -> int:
+    """The bytes the largest block of a tensor needs (``peak`` when it is merged whole)."""
+    blocks = plan_blocks(shape, peak, kind, max_memory)
+    if not blocks:
+        return peak
+    return max(stop - start for start, stop in blocks) * max(1, peak // max(1, shape[0]))
 
 
 def row_ranges(rows: int, rows_per_block: int) -> list[tuple[int, int]]:

@@ -2,8 +2,8 @@
 
 Computed from the plan alone (tensor headers), before anything runs. Byte counts are
 exact; the peak-memory figure is an upper bound for the executor's working set (the
-inputs of the largest output tensor, their working-dtype copies, method temporaries
-and the result); the time is a rough figure from typical throughputs on a CPU.
+inputs of the largest block the executor merges at once within ``--max-memory``, their
+working-dtype copies, method temporaries and the result); the time is a rough figure from typical throughputs on a CPU.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from mergehub import dtypes
+from mergehub.blocks import DEFAULT_MAX_MEMORY, block_peak
 from mergehub.plan import OutputTensor, Plan
 
 #: Rough CPU throughputs (bytes/s) used for the time figure.
@@ -49,7 +50,9 @@ def peak_bytes(tensor: OutputTensor) -> int:
     return loaded + cast_copies + temporaries + dtypes.nbytes(tensor.out_dtype, tensor.shape)
 
 
-def estimate(plan: Plan) -> Estimate:
+def estimate(plan: Plan, max_memory: int = DEFAULT_MAX_MEMORY) -> Estimate:
+    """The plan's figures; peak memory is that of the largest block merged within ``max_memory``."""
+    kind = plan.recipe.method.blocks
     reads = sum(read_bytes(t) for t in plan.tensors)
     writes = plan.bytes_to_write()
     return Estimate(
@@ -59,6 +62,7 @@ def estimate(plan: Plan) -> Estimate:
         tensors=len(plan.tensors),
         read_bytes=reads,
         write_bytes=writes,
-        peak_memory_bytes=max((peak_bytes(t) for t in plan.tensors), default=0),
+        peak_memory_bytes=max((block_peak(t.shape, peak_bytes(t), kind if t.floating else "none", max_memory)
+                               for t in plan.tensors), default=0),
         seconds=reads / READ_RATE + writes / WRITE_RATE + reads / COMPUTE_RATE,
     )

@@ -8,7 +8,6 @@ output tensor at a time, never a whole model.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 from mergehub import allocator, dtypes
-from mergehub.blocks import BLOCK_ELEMENTS, DEFAULT_MAX_MEMORY, row_ranges
+from mergehub.blocks import DEFAULT_MAX_MEMORY, plan_blocks
 from mergehub.errors import MergehubError
 from mergehub.estimate import peak_bytes
 from mergehub.plan import OutputTensor, Plan
@@ -73,13 +72,7 @@ class Executor:
 
     def ranges(self, spec: OutputTensor) -> list[tuple[int, int]] | None:
         """Row blocks for ``spec``; None means "read it whole" (it fits, or cannot be split)."""
-        if not spec.shape or self.kind == "none" or (self.kind == "rows" and len(spec.shape) == 1):
-            return None
-        rows = spec.shape[0]
-        per_row = max(1, peak_bytes(spec) // max(1, rows))
-        row_elements = max(1, math.prod(spec.shape[1:]))
-        blocks = row_ranges(rows, min(self.max_memory // per_row, max(1, BLOCK_ELEMENTS // row_elements)))
-        return None if len(blocks) == 1 and self.factory is None else blocks
+        return plan_blocks(spec.shape, peak_bytes(spec), self.kind, self.max_memory)
 
     def load(self, spec: OutputTensor, rows: tuple[int, int] | None) -> list[torch.Tensor]:
         readers = [self.plan.models[i.model].reader for i in spec.inputs]

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from rich.table import Table
 
+from mergehub.blocks import DEFAULT_MAX_MEMORY
 from mergehub.cli.common import add_config_argument, add_model_options, registry
+from mergehub.cli.merge import parse_size
 from mergehub.cli.render import out
 from mergehub.yamlsource import read_recipe_file
 
@@ -20,6 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output directory, as for merge (default: ./merged/<config name>)")
     parser.add_argument("--intermediate-dir", type=Path, metavar="DIR", help="as for merge/mega")
     parser.add_argument("--seed", type=int, default=None, help="as for merge (part of a randomised stage's identity)")
+    parser.add_argument("--max-memory", type=parse_size, default=DEFAULT_MAX_MEMORY, metavar="SIZE",
+                        help="as for merge: the memory figure is that of the largest block merged within it")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     add_model_options(parser)
 
@@ -41,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     prints = fingerprints(stages, reg, args.seed)
     rows = []
     for stage in stages:
-        figures = estimate(stage.plan).as_dict()  # type: ignore[arg-type]
+        figures = estimate(stage.plan, args.max_memory).as_dict()  # type: ignore[arg-type]
         reusable = stored_fingerprint(stage.output) == prints[str(stage.output)]
         rows.append({"stage": stage.label, "output": str(stage.output), "reuse": reusable, **figures})
     total = {
@@ -63,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
                       "reuse" if r["reuse"] else "run")
     out.print(table)
     out.print(f"disk for intermediates and output: {gb(total['disk_bytes'])}; to read {gb(total['read_bytes'])}, "
-              f"write {gb(total['write_bytes'])}; peak memory ≤ {gb(total['peak_memory_bytes'])}; "
+              f"write {gb(total['write_bytes'])}; peak memory of the maths ≤ {gb(total['peak_memory_bytes'])} "
+              f"(Python and torch themselves take ~150 MB more); "
               f"time ~{total['seconds']:.0f} s (rough)")
     return 0
