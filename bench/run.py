@@ -430,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="recipes, outputs and logs go under here (outside the repo)")
     parser.add_argument("--mergehub", help="the mergehub executable (default: on PATH or beside this Python)")
     parser.add_argument("--mergekit", help="the mergekit-yaml executable (default: mergekit-yaml on PATH, if any)")
+    parser.add_argument("--mergehub-args", default="", help="extra arguments for mergehub merge, e.g. '--max-memory 64MiB'")
     parser.add_argument("--mergekit-args", default="", help="extra arguments for mergekit-yaml, e.g. '--lazy-unpickle'")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="set an environment variable for the tools' runs, e.g. OMP_WAIT_POLICY=PASSIVE (repeatable)")
@@ -479,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         cat_all(files)  # warm-up: the page cache holds the inputs from here on
 
         out_of = {"mergehub": work / "out" / f"{name}-mergehub", "mergekit": work / "out" / f"{name}-mergekit"}
-        tools = [("mergehub", [mergehub, "merge", str(config), "--out", str(out_of["mergehub"]), "--force"])]
+        tools = [("mergehub", [mergehub, "merge", str(config), "--out", str(out_of["mergehub"]), "--force",
+                                 *args.mergehub_args.split()])]
         if mergekit:
             tools.append(("mergekit", [mergekit, str(config), str(out_of["mergekit"]), *args.mergekit_args.split()]))
         tool_runs: dict[str, list[Run]] = {tool: [] for tool, _ in tools}
@@ -585,7 +587,8 @@ def render(runs: list[Run], floors: dict, floor_runs: dict, names: list[str], me
            args: argparse.Namespace) -> str:
     lines = ["# mergehub benchmark results", "",
              f"{dt.datetime.now().strftime('%Y-%m-%d %H:%M')} · {_machine()}", "",
-             args.code_version + (f"; tools run with {' '.join(args.env)}" if args.env else ""), "",
+             args.code_version + (f"; tools run with {' '.join(args.env)}" if args.env else "")
+             + (f"; mergehub run with `{args.mergehub_args}`" if args.mergehub_args else ""), "",
              "Synthetic Llama-3.2-1B-shaped bf16 checkpoints (2.47 GB each, tied embeddings), written by "
              "`bench/make_checkpoints.py`; page cache warm. Wall time of the whole CLI process; peak private memory "
              f"is the highest summed RssAnon of the process tree, sampled every {args.interval * 1000:.0f} ms; "
