@@ -1,7 +1,8 @@
 """Model Breadcrumbs: drop the ``gamma`` largest and the smallest entries of each task vector,
 keeping ``density`` of them, and add the weighted sum to the base.
 
-The maths is :func:`mergehub.taskarith.merge_task_vectors` with outlier trimming and no consensus.
+The maths is :class:`mergehub.outliers.OutlierBlocks` without consensus; the same object merges
+a tensor given whole or, when it is larger than ``--max-memory``, in row blocks.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.taskarith import merge_task_vectors
+from mergehub.outliers import breadcrumbs_blocks
+from mergehub.taskarith import merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    return merge_task_vectors(inputs, sparsifier="magnitude_outliers", consensus=None)
+    inputs.full_shape = inputs.full_shape or tuple(inputs.tensors[0].shape)
+    return merge_whole(breadcrumbs_blocks(inputs), inputs)

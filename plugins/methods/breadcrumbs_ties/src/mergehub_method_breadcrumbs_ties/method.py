@@ -1,7 +1,8 @@
 """Model Breadcrumbs with TIES sign consensus: outlier trimming, then only the entries that
 agree with the elected sign are added.
 
-The maths is :func:`mergehub.taskarith.merge_task_vectors` with outlier trimming and sum consensus.
+The maths is :class:`mergehub.outliers.OutlierBlocks` with sum consensus; the same object merges
+a tensor given whole or, when it is larger than ``--max-memory``, in row blocks.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.taskarith import merge_task_vectors
+from mergehub.outliers import breadcrumbs_ties_blocks
+from mergehub.taskarith import merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    return merge_task_vectors(inputs, sparsifier="magnitude_outliers", consensus="sum")
+    inputs.full_shape = inputs.full_shape or tuple(inputs.tensors[0].shape)
+    return merge_whole(breadcrumbs_ties_blocks(inputs), inputs)

@@ -7,39 +7,128 @@ its task vector's energy, erase the entries whose sign disagrees, and average th
     mᵢ = sign agreement of Tᵢ with sign(Σⱼ Tⱼ)
     Y  = B + Σ cᵢ·mᵢ·Tᵢ / max(Σ cᵢ·mᵢ, 1e-6)
 
-Computed in the inputs' dtype, as mergekit does.
+Computed in the inputs' dtype, as mergekit does. :class:`SceBlocks` merges a tensor given whole
+or in row blocks: the variance's top-k is found exactly over the whole tensor from bit-pattern
+histograms (:class:`mergehub.topk.TopK`: one pass for 16-bit floats, two for 32-bit), then one
+pass sums each model's Tᵢ² per row in float64, then the blocks are merged. ``int8_mask`` only
+chose mergekit's mask dtype; no mask is held here, and the result is the same.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mergehub import MergeInputs
-from mergehub.taskarith import sign_agreement, split_base
+from mergehub.rowsums import RowSums
+from mergehub.taskarith import merge_whole, split_base
+from mergehub.topk import SHORT, TopK, as_factor
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    base, others, _ = split_base(inputs)
-    if not others:
-        return base
-    deltas = torch.stack([t - base for t in others])
-    if inputs.shared["select_topk"] < 1:
-        deltas = deltas * select_by_variance(deltas, inputs.shared["select_topk"])
-    agree = sign_agreement(deltas, "sum", inputs.shared["int8_mask"])
-    energy = deltas.square().reshape(len(others), -1).mean(dim=1)
-    total = energy.sum().item()
-    coefficients = energy / total if abs(total) >= 1e-6 else torch.ones_like(energy) / len(others)
-    kept = coefficients.view(-1, *([1] * (deltas.dim() - 1))) * agree
-    return base + (deltas * kept).sum(dim=0) / kept.sum(dim=0).clamp(min=1e-6)
+    inputs.full_shape = inputs.full_shape or tuple(inputs.tensors[0].shape)
+    return merge_whole(SceBlocks(inputs), inputs)
 
 
-def select_by_variance(deltas: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Mask (one per entry, shared by all models) of the entries whose variance across models is largest."""
-    mask = torch.zeros(deltas.shape[1:], dtype=torch.bool, device=deltas.device)
-    if fraction <= 0:
-        return mask
-    variance = torch.var(deltas, dim=0, unbiased=False)
-    k = int(torch.count_nonzero(variance) * fraction)  # counted as mergekit does (a float32 product, truncated)
-    if k > 0:
-        mask.view(-1)[torch.topk(variance.view(-1), k).indices] = True  # topk's choice among ties, as mergekit
-    return mask
+def variance(deltas: list[torch.Tensor]) -> torch.Tensor:
+    """Population variance across the models, entry by entry, rounded to the deltas' dtype.
+
+    Written out because ``torch.var`` over a stacked dim is ~20× slower. ``torch.var``
+    accumulates in float64; float32 work for 16-bit inputs (float64 otherwise) rounds to the
+    same values. Two models, the usual case, have the closed form ((a − b)/2)².
+    """
+    dtype = deltas[0].dtype
+    work = torch.float32 if dtype in SHORT else torch.float64
+    if len(deltas) == 2:
+        return (deltas[0].to(work) - deltas[1].to(work)).square_().mul_(0.25).to(dtype)  # mixed dtypes run slower
+    values = [d.to(work) for d in deltas]
+    mean = _sum(values).div_(len(values))
+    spread = torch.zeros_like(mean)
+    for value in values:
+        spread.add_((value - mean).square_())
+    return spread.div_(len(values)).to(dtype)
+
+
+def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
+    """Σ terms (a new tensor), rounded as ``torch.stack(terms).sum(0)`` is: 16-bit floats accumulate in float32."""
+    if len(terms) <= 2 or terms[0].dtype not in SHORT:  # one pair: one rounding of the exact sum either way
+        total = terms[0].clone() if len(terms) == 1 else terms[0] + terms[1]
+        for term in terms[2:]:
+            total += term
+        return total
+    total = terms[0].float()
+    for term in terms[1:]:
+        total += term
+    return total.to(terms[0].dtype)
+
+
+class SceBlocks:
+    """SCE over a tensor seen in row blocks: select passes (when select_topk < 1), an energy pass, then merge."""
+
+    def __init__(self, meta: MergeInputs):
+        self.fraction = float(meta.shared["select_topk"])
+        self.count = math.prod(meta.full_shape or ())
+        models = len(meta.tensors) - (meta.base is not None)
+        dtype = meta.tensors[0].dtype if meta.tensors else torch.float32
+        self.selector = TopK(0) if self.fraction < 1 else None
+        self.select_passes = TopK.passes_for(dtype) if self.selector is not None and self.fraction > 0 else 0
+        self.passes = self.select_passes + 1 if models else 0
+        self.nonzero = 0  # entries of non-zero variance (counted per block for 32-bit values)
+        self.k: int | None = None if self.select_passes else 0
+        self.energy = RowSums(meta.full_shape, max(1, models))
+        self.coefficients: torch.Tensor | None = None
+
+    def collect(self, pass_index: int, block: MergeInputs) -> None:
+        base, others, _ = split_base(block)
+        deltas = [t - base for t in others]
+        if pass_index < self.select_passes:
+            spread = variance(deltas)
+            if pass_index == 0 and spread.dtype not in SHORT:
+                self.nonzero += int(torch.count_nonzero(spread))
+            if pass_index > 0:
+                self.settle(spread.dtype)
+            self.selector.collect(pass_index, spread)  # type: ignore[union-attr]
+            return
+        for i, delta in enumerate(self.selected(block, deltas)):
+            self.energy.put(i, block.offset, delta.square())
+
+    def settle(self, dtype: torch.dtype) -> None:
+        """Once the variance is counted: k = ⌊select_topk·#(v ≠ 0)⌋, the product in float32 as in mergekit."""
+        if self.k is None and self.selector is not None:
+            nonzero = self.count - int(self.selector.high[0]) if dtype in SHORT else self.nonzero  # bin 0 holds ±0
+            self.k = self.selector.k = int(torch.tensor(nonzero) * self.fraction)
+
+    def selected(self, block: MergeInputs, deltas: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The task vectors with every entry outside the variance's top k set to 0 (as x·0, like mergekit's mask)."""
+        if self.selector is None:
+            return deltas
+        self.settle(deltas[0].dtype)
+        if not self.k:
+            return [d * False for d in deltas]
+        if block.offset == 0:  # a new pass over the tensor: equal variances are counted from the start again
+            self.selector.ties_seen = 0
+        keep = as_factor(self.selector.mask(variance(deltas)), deltas[0].dtype)
+        return [d * keep for d in deltas]
+
+    def merge(self, block: MergeInputs) -> torch.Tensor:
+        base, others, _ = split_base(block)
+        if not others:
+            return base
+        if self.coefficients is None:
+            self.coefficients = self.weights(len(others), base.dtype)
+        deltas = self.selected(block, [t - base for t in others])
+        # With σ = ±1 the elected sign (+ for a zero sum), the agreeing part of Tᵢ is σ·max(σ·Tᵢ, 0):
+        # the same roundings as mergekit's masks (cᵢ·Tᵢ, then sums over the models) in a few kernels.
+        sigma = torch.copysign(torch.ones((), dtype=base.dtype), _sum(deltas).add_(0.0))  # -0.0 + 0.0 elects +
+        agreeing = [(d * sigma).clamp_min_(0) for d in deltas]
+        weights = self.coefficients.unbind()
+        mixed = _sum([a * c for a, c in zip(agreeing, weights)])
+        divisor = _sum([(a > 0) * c for a, c in zip(agreeing, weights)]).clamp_(min=1e-6)
+        return torch.addcmul(base, mixed.div_(divisor), sigma)  # B + σ·(Σ/divisor), rounded once as B + x is
+
+    def weights(self, models: int, dtype: torch.dtype) -> torch.Tensor:
+        """cᵢ = mean(Tᵢ²)/Σⱼ mean(Tⱼ²), each mean summed per row in float64 and rounded to the dtype."""
+        energy = torch.tensor([self.energy.total(i) / max(1, self.count) for i in range(models)], dtype=dtype)
+        total = energy.sum().item()
+        return energy / total if abs(total) >= 1e-6 else torch.ones_like(energy) / models
