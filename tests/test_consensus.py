@@ -1,14 +1,15 @@
-"""The arithmetic-only consensus kernels give the bytes of the obvious stack/compare/where formulation."""
+"""taskarith.combine (no stacks, no masks) gives the bytes of the obvious stack/compare/where formulation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mergehub.consensus import consensus_sum, plain_sum, subset_sums_to_zero, weighted
+from mergehub.taskarith import combine
 
 
-def obvious(deltas: list[torch.Tensor], weights: list[float], normalize: bool, consensus: bool) -> torch.Tensor:
+def obvious(base: torch.Tensor, deltas: list[torch.Tensor], weights: list[float], normalize: bool, consensus: bool,
+            lam: float) -> torch.Tensor:
     """Reference §3.6 written directly: stacked deltas, sign comparison, where-selection."""
     stacked = torch.stack(deltas)
     w = torch.tensor(weights, dtype=stacked.dtype).view(-1, *([1] * (stacked.dim() - 1)))
@@ -23,7 +24,8 @@ def obvious(deltas: list[torch.Tensor], weights: list[float], normalize: bool, c
         mixed = stacked.sum(dim=0)
         divisor = w.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
-    return mixed / divisor if normalize else mixed
+    mixed = mixed / divisor if normalize else mixed
+    return base + (mixed * lam if lam != 1 else mixed)
 
 
 def deltas_with_edge_cases(n: int, count: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -40,20 +42,15 @@ def deltas_with_edge_cases(n: int, count: int, dtype: torch.dtype) -> list[torch
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("count", [1, 2, 3])
 @pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("lam", [1.0, 0.7])
 @pytest.mark.parametrize("weights", [[0.5, 0.7, 0.3], [1.0, -1.0, 0.25], [0.3, 0.0, 1.1]])
-def test_fast_kernels_match_the_obvious_formulation(dtype, count, normalize, weights):
-    if count == 1 and dtype != torch.float32:
-        count = 2
+def test_combine_matches_the_obvious_formulation(dtype, count, normalize, lam, weights):
     deltas = deltas_with_edge_cases(4099, max(count, 2), dtype)[:count]
+    base = (torch.randn(4099, generator=torch.Generator().manual_seed(7)) * 0.02).to(dtype)
     w = weights[:count]
-    for consensus, fast in ((True, consensus_sum), (False, plain_sum)):
-        expected = obvious(deltas, w, normalize, consensus)
-        got = fast(weighted([d.clone() for d in deltas], w), w, normalize)
+    params = [{"weight": x} for x in w]
+    for consensus in ("sum", None):
+        expected = obvious(base, deltas, w, normalize, consensus is not None, lam)
+        got = combine(base, [d.clone() for d in deltas], params, {"normalize": normalize, "lambda": lam}, consensus)
         assert got.dtype == dtype
         torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)  # a float16 0/0 stays NaN
-
-
-def test_subset_sums_to_zero():
-    assert subset_sums_to_zero([1.0, -1.0], torch.float32)
-    assert subset_sums_to_zero([0.5, 0.0], torch.float32)
-    assert not subset_sums_to_zero([0.5, 0.7, 0.3], torch.bfloat16)

@@ -1,12 +1,12 @@
 """Sparsifiers for task vectors: which entries of a delta survive.
 
-Shared by the task-vector methods (TIES, DARE, breadcrumbs, DELLA). Each returns a
-tensor of the input's shape with dropped entries set to zero, in the input's dtype
-except for the random ones, which return their sampling dtype (:func:`sampling_dtype`)
-so that the caller's L1 rescale (:func:`rescale_l1`) runs at mergekit's precision.
-None rescales by itself. Which of several exactly equal magnitudes survives at a
-cut-off is implementation-defined; we use the same unstable sort as mergekit so that
-bfloat16 recipes, where equal magnitudes are common, keep the same entries.
+Shared by the task-vector methods (TIES, breadcrumbs). Each returns a tensor of the
+input's shape with dropped entries set to zero, in the input's dtype; none rescales by
+itself (:func:`rescale_l1`). The random ones (DARE, DELLA) work in blocks and live in
+:mod:`mergehub.dropout`; their sampling dtype and DELLA's parameter check are here.
+Which of several exactly equal magnitudes survives at a cut-off is implementation-defined;
+we use the same unstable sort as mergekit so that bfloat16 recipes, where equal magnitudes
+are common, keep the same entries.
 """
 
 from __future__ import annotations
@@ -48,19 +48,6 @@ def magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
     return delta * keep_top_k(delta.abs().float(), k)
 
 
-def random(delta: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
-    """DARE: keep each entry independently with probability ``density``.
-
-    float16 is sampled in float32 on CPU, bfloat16 natively (mergekit's rule); the
-    result stays in that sampling dtype.
-    """
-    if density >= 1:
-        return delta
-    work = sampling_dtype(delta)
-    keep = torch.bernoulli(torch.full(delta.shape, density, dtype=work, device=delta.device), generator=generator)
-    return delta.to(work) * keep
-
-
 def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
     """Breadcrumbs: drop the ``⌊gamma·n⌋`` largest magnitudes and the smallest ones, keeping ``⌊density·n⌋``.
 
@@ -76,32 +63,6 @@ def magnitude_outliers(delta: torch.Tensor, density: float, gamma: float) -> tor
     mask = torch.zeros(n, dtype=torch.bool, device=delta.device)
     mask[order[n_bottom : n_bottom + target]] = True
     return delta * mask.reshape(delta.shape)
-
-
-def della_magprune(delta: torch.Tensor, density: float, epsilon: float, generator: torch.Generator | None) -> torch.Tensor:
-    """DELLA: per row, keep probability rises linearly with magnitude rank from density−ε to density+ε.
-
-    Ranks and probabilities are computed in :func:`sampling_dtype` (so in bfloat16 for
-    bfloat16, rounded exactly as mergekit rounds them), and the result stays in it.
-    """
-    if density >= 1:
-        return delta
-    if density <= 0:
-        return torch.zeros_like(delta)
-    problem = check_della(density, epsilon)
-    if problem:
-        raise ValueError(problem)
-    work = sampling_dtype(delta)
-    rows = delta.reshape(1, -1) if delta.dim() <= 1 else delta
-    ranks = torch.argsort(torch.argsort(rows.abs(), dim=-1), dim=-1).to(work) + 1  # 1 .. n per row
-    if rows.shape[-1] > 1:
-        low, high = ranks.min(dim=-1, keepdim=True).values, ranks.max(dim=-1, keepdim=True).values
-        position = ((ranks - low) / (high - low)).clamp(0, 1)
-    else:
-        position = torch.zeros_like(ranks)
-    probability = (density - epsilon) + position * 2 * epsilon
-    keep = torch.bernoulli(probability, generator=generator)
-    return (rows.to(work) * keep).reshape(delta.shape)
 
 
 def check_della(density: float, epsilon: float) -> str | None:

@@ -5,7 +5,8 @@
     Y = B + λ · Σ kept Dᵢ  (divided by the summed weight of the kept models when ``normalize``)
 
 Everything runs in the inputs' dtype, as mergekit does (no upcast), and the weights are
-cast to that dtype too, so bfloat16 recipes give mergekit's bfloat16 numbers.
+cast to that dtype too, so bfloat16 recipes give mergekit's bfloat16 numbers. The random
+sparsifiers (DARE, DELLA) are block mergers in :mod:`mergehub.dropout` that end in :func:`combine`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ Consensus = Literal["sum", "count"] | None
 #: The sparsifiers by name, each taking (delta, per-model params, generator).
 SPARSIFIERS: dict[str, Sparsifier] = {
     "magnitude": lambda d, p, g: sparsify.magnitude(d, p["density"]),
-    "random": lambda d, p, g: sparsify.random(d, p["density"], g),
     "magnitude_outliers": lambda d, p, g: sparsify.magnitude_outliers(d, p["density"], p["gamma"]),
-    "della_magprune": lambda d, p, g: sparsify.della_magprune(d, p["density"], p["epsilon"], g),
 }
 
 
@@ -62,7 +61,7 @@ def merge_task_vectors(inputs: MergeInputs, sparsifier: str | None, consensus: C
     for tensor, p in zip(others, params):
         delta = tensor - base
         sparse = SPARSIFIERS[sparsifier](delta, p, inputs.generator) if sparsifier else delta
-        if sparsifier and shared.get("rescale", False):  # in the sparsifier's dtype (float32 for DARE on float16)
+        if sparsifier and shared.get("rescale", False):
             sparse = sparsify.rescale_l1(delta.to(sparse.dtype), sparse)
         kept.append(sparse.to(delta.dtype))
     return combine(base, kept, params, shared, consensus)
@@ -70,25 +69,61 @@ def merge_task_vectors(inputs: MergeInputs, sparsifier: str | None, consensus: C
 
 def combine(base: torch.Tensor, kept: list[torch.Tensor], params: list[dict], shared: dict,
             consensus: Consensus) -> torch.Tensor:
-    """Weight the (sparsified) task vectors, vote on signs, normalise and add to the base."""
-    deltas = torch.stack(kept)
-    weights = torch.tensor([p["weight"] for p in params], dtype=deltas.dtype, device=deltas.device)
-    weights = weights.view(-1, *([1] * (deltas.dim() - 1)))
-    deltas = deltas * weights
-    if consensus:
-        mask = sign_agreement(deltas, consensus, shared.get("int8_mask", False))
-        mixed = (deltas * mask).sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
+    """Weight the (sparsified) task vectors, vote on signs, normalise and add to the base.
+
+    Rounds where ``torch.stack(kept) * w`` then ``.sum(0)`` would (sums accumulate in float32 for
+    16-bit dtypes and round once), but never stacks: with σ = ±1 the elected sign, the agreeing
+    entries of Dᵢ are σ·max(σ·Dᵢ, 0), a few cheap kernels per model instead of masks and copies.
+    """
+    dtype = kept[0].dtype
+    weights = [torch.tensor(p["weight"], dtype=dtype, device=kept[0].device) for p in params]
+    deltas = [k * w for k, w in zip(kept, weights)]
+    normalize = shared.get("normalize", False)
+    divisor: torch.Tensor | None = None
+    if consensus == "count":
+        stacked = torch.stack(deltas)
+        mask = sign_agreement(stacked, "count", shared.get("int8_mask", False))
+        mixed = (stacked * mask).sum(dim=0)
+        divisor = (torch.stack(weights).view(-1, *([1] * base.dim())) * mask).sum(dim=0)
         divisor[divisor == 0] = 1
+    elif consensus:
+        sigma = torch.copysign(torch.ones((), dtype=dtype), _sum(deltas).add_(0.0))  # -0.0 + 0.0 = +0.0 elects +
+        agreeing = [(d * sigma).clamp_min_(0) for d in deltas]  # |Dᵢ| where its sign agrees, else 0
+        mixed = _sum(agreeing)
+        if not normalize and shared.get("lambda", 1.0) == 1:  # B + σ·Σ in one kernel, rounded once as B + (σ·Σ) is
+            return torch.addcmul(base, mixed, sigma).to(base.dtype)
+        mixed.mul_(sigma)
+        if normalize:  # Σ wᵢ over the agreeing models (sign(|Dᵢ|) is 1 there, 0 elsewhere); 0 becomes 1
+            divisor = _sum([a.sign().mul_(w) for a, w in zip(agreeing, weights)])
+            divisor.add_(torch.eq(divisor, 0, out=torch.empty_like(divisor)))
     else:
-        mixed = deltas.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-    if shared.get("normalize", False):
+        mixed = _sum(deltas)
+        divisor = _sum([w.clone() for w in weights])
+        if divisor.abs() < 1e-8:
+            divisor.fill_(1)
+    if normalize:
         mixed = mixed / divisor
     if shared.get("lambda", 1.0) != 1:
         mixed = mixed * shared["lambda"]
     return (base + mixed).to(base.dtype)
+
+
+def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
+    """Σ terms, rounded as ``torch.stack(terms).sum(0)`` is: 16-bit floats accumulate in float32.
+
+    Returns a new tensor (callers modify it in place).
+    """
+    if len(terms) == 1:
+        return terms[0].clone()
+    if len(terms) == 2 or terms[0].element_size() >= 4:  # one rounding of the exact pair sum, as in float32
+        total = terms[0] + terms[1]
+        for term in terms[2:]:
+            total += term
+        return total
+    total = terms[0].float()
+    for term in terms[1:]:
+        total += term
+    return total.to(terms[0].dtype)
 
 
 class MagnitudeBlocks:

@@ -1,7 +1,9 @@
-"""DARE, linear: keep each task-vector entry with probability ``density`` (drawn from
-``inputs.generator``), rescale to the original L1 norm, add the weighted sum to the base.
+"""DARE, linear: keep each task-vector entry with probability ``density``, rescale to the original
+L1 norm, add the weighted sum to the base.
 
-The maths is :func:`mergehub.taskarith.merge_task_vectors` with random dropping and no consensus.
+The maths is :class:`mergehub.dropout.DareBlocks` without consensus; the same object merges a tensor
+given whole or, in row blocks, one larger than ``--max-memory`` (the masks depend on the element,
+not on the blocks; see :mod:`mergehub.randstream`).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.taskarith import merge_task_vectors
+from mergehub.dropout import dare_linear_blocks
+from mergehub.taskarith import merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    return merge_task_vectors(inputs, sparsifier="random", consensus=None)
+    inputs.full_shape = inputs.full_shape or tuple(inputs.tensors[0].shape)
+    return merge_whole(dare_linear_blocks(inputs), inputs)

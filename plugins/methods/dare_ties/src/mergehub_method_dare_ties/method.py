@@ -1,7 +1,9 @@
-"""DARE with TIES sign consensus: random dropping (from ``inputs.generator``), L1 rescale, then
-only the entries that agree with the elected sign are added.
+"""DARE with TIES sign consensus: random dropping, L1 rescale, then only the entries that agree with
+the elected sign are added.
 
-The maths is :func:`mergehub.taskarith.merge_task_vectors` with random dropping and sum consensus.
+The maths is :class:`mergehub.dropout.DareBlocks` with sum consensus; the same object merges a tensor
+given whole or, in row blocks, one larger than ``--max-memory`` (the masks depend on the element,
+not on the blocks; see :mod:`mergehub.randstream`).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.taskarith import merge_task_vectors
+from mergehub.dropout import dare_ties_blocks
+from mergehub.taskarith import merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    return merge_task_vectors(inputs, sparsifier="random", consensus="sum")
+    inputs.full_shape = inputs.full_shape or tuple(inputs.tensors[0].shape)
+    return merge_whole(dare_ties_blocks(inputs), inputs)

@@ -1,7 +1,8 @@
 """DELLA-merging: drop entries at random with a keep probability that rises with magnitude rank
-(density ± epsilon, drawn from ``inputs.generator``), rescale, elect signs and average the agreeing entries.
+within each row (density ± epsilon), rescale, elect signs and average the agreeing entries.
 
-The maths is :func:`mergehub.taskarith.merge_task_vectors` with magnitude-ranked dropping and sum consensus.
+The maths is :class:`mergehub.dropout.DellaBlocks` with sum consensus; the same object merges a
+tensor given whole or in blocks of whole rows (the masks depend on the element, not on the blocks).
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.taskarith import merge_task_vectors
+from mergehub.dropout import della_blocks
+from mergehub.taskarith import merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    return merge_task_vectors(inputs, sparsifier="della_magprune", consensus="sum")
+    inputs.full_shape = inputs.full_shape or tuple(inputs.tensors[0].shape)
+    return merge_whole(della_blocks(inputs), inputs)

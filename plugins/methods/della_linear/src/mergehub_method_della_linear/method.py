@@ -1,6 +1,7 @@
 """DELLA without sign consensus: magnitude-ranked random dropping, rescale, weighted sum.
 
-The maths is :func:`mergehub.taskarith.merge_task_vectors` with magnitude-ranked dropping and no consensus.
+The maths is :class:`mergehub.dropout.DellaBlocks` without consensus; the same object merges a
+tensor given whole or in blocks of whole rows (the masks depend on the element, not on the blocks).
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.taskarith import merge_task_vectors
+from mergehub.dropout import della_linear_blocks
+from mergehub.taskarith import merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    return merge_task_vectors(inputs, sparsifier="della_magprune", consensus=None)
+    inputs.full_shape = inputs.full_shape or tuple(inputs.tensors[0].shape)
+    return merge_whole(della_linear_blocks(inputs), inputs)

@@ -1,0 +1,114 @@
+"""DELLA in blocks of whole rows: tensors larger than randstream.SMALL_TENSOR rank each row by magnitude and draw
+from the addressable lane streams; any split into blocks, and any thread count, gives the same bytes as the whole."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mergehub import MergeInputs
+from mergehub.dropout import della_blocks, della_linear_blocks, magnitude_order
+from mergehub.randstream import SMALL_TENSOR
+from mergehub.taskarith import merge_whole
+from mergehub.testing import load_state, run_cli
+
+FACTORIES = {"della": della_blocks, "della_linear": della_linear_blocks}
+SHARED = {"normalize": True, "rescale": True, "lambda": 1.0, "int8_mask": False}
+PARAMS = [{}, {"weight": 0.6, "density": 0.5, "epsilon": 0.4}, {"weight": 0.5, "density": 0.7, "epsilon": 0.1},
+          {"weight": 0.3, "density": 1.0, "epsilon": 0.15}]
+
+
+def inputs(tensors, rows=None, seed=7, shape=None, **shared):
+    start, stop = rows or (0, tensors[0].shape[0])
+    return MergeInputs("t", [t[start:stop] for t in tensors], 0, PARAMS[: len(tensors)], {**SHARED, **shared},
+                       generator=torch.Generator().manual_seed(seed), offset=start, full_shape=shape or tensors[0].shape)
+
+
+def blocked(factory, tensors, rows_per_block, **shared):
+    """What the executor does: every block through ``collect`` for each pass, then through ``merge``."""
+    shape = tuple(tensors[0].shape)
+    ranges = [(s, min(shape[0], s + rows_per_block)) for s in range(0, shape[0], rows_per_block)]
+    merger = factory(inputs([torch.empty(0, dtype=tensors[0].dtype)] * len(tensors), shape=shape, **shared))
+    for pass_index in range(merger.passes):
+        for rows in ranges:
+            merger.collect(pass_index, inputs(tensors, rows, **shared))
+    return torch.cat([merger.merge(inputs(tensors, rows, **shared)) for rows in ranges])
+
+
+def models(shape, dtype, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    return [base.to(dtype)] + [(base + 0.1 * torch.randn(shape, generator=g)).to(dtype) for _ in range(n - 1)]
+
+
+@pytest.mark.parametrize("method", sorted(FACTORIES))
+@pytest.mark.parametrize("dtype,shape", [(torch.bfloat16, (301, 257)), (torch.float16, (97, 5, 211)),
+                                         (torch.float32, (70_001,)), (torch.float32, (130, 1031))])
+@pytest.mark.parametrize("shared", [{}, {"normalize": False, "rescale": False, "lambda": 0.8}])
+def test_any_blocks_give_the_bytes_of_the_whole_tensor(method, dtype, shape, shared):
+    tensors = models(shape, dtype)
+    assert math.prod(shape) > SMALL_TENSOR
+    factory = FACTORIES[method]
+    whole = merge_whole(factory(inputs(tensors, **shared)), inputs(tensors, **shared))
+    assert whole.dtype == dtype and whole.shape == shape
+    for rows in ((1, 7, shape[0] - 1) if len(shape) > 1 else (997, shape[0] - 1)):
+        assert torch.equal(blocked(factory, tensors, rows, **shared), whole), rows
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_the_magnitude_order_is_a_stable_sort(dtype):
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randint(0, 50, (40, 300), generator=g).to(dtype) * 0.25  # many equal magnitudes
+    assert torch.equal(magnitude_order(rows), torch.sort(rows, dim=-1, stable=True).indices)
+
+
+@pytest.mark.parametrize("method", sorted(FACTORIES))
+def test_large_tensors_keep_larger_entries_more_often_and_preserve_l1(method):
+    tensors = models((400, 500), torch.float32, n=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = merge_whole(FACTORIES[method](inputs(tensors)), inputs(tensors))
+        torch.set_num_threads(2)
+        two = merge_whole(FACTORIES[method](inputs(tensors)), inputs(tensors))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+    merged, delta = (one - tensors[0]).double(), (tensors[1] - tensors[0]).double()  # normalize: w·d / w
+    kept = merged != 0
+    rank = delta.abs().argsort(dim=-1).argsort(dim=-1).double() / 499
+    for low, high in ((0.0, 0.2), (0.4, 0.6), (0.8, 1.0001)):
+        bucket = (rank >= low) & (rank < high)
+        expected = (0.1 + 0.8 * rank[bucket]).mean().item()
+        assert abs(kept[bucket].double().mean().item() - expected) < 5 * math.sqrt(0.25 / int(bucket.sum())), (low, high)
+    torch.testing.assert_close(merged.abs().sum(), delta.abs().sum(), rtol=1e-4, atol=0)
+
+
+def test_blocked_equals_whole_and_one_thread_equals_two_through_the_cli(tmp_path, tiny_models):
+    base, a, b = (tiny_models(n, layers=1, seed=s, hidden=256, vocab=512) for n, s in (("big-a", 1), ("big-b", 2), ("big-c", 3)))
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(f"merge_method: della\nbase_model: {base}\nmodels:\n"
+                      f"  - {{model: {a}, parameters: {{weight: 0.6, density: 0.5, epsilon: 0.2}}}}\n"
+                      f"  - {{model: {b}, parameters: {{weight: 0.5, density: 0.3}}}}\ndtype: bfloat16\n")
+    runs = {"whole": ("1GB", "2"), "blocked": ("16K", "2"), "one-thread": ("16K", "1")}
+    for out, (memory, threads) in runs.items():
+        result = run_cli("merge", recipe, "--out", tmp_path / out, "--seed", "3", "--max-memory", memory,
+                         env={"OMP_NUM_THREADS": threads})
+        assert result.returncode == 0, result.output
+    whole = load_state(tmp_path / "whole")
+    assert max(t.numel() for t in whole.values()) > SMALL_TENSOR
+    for out in ("blocked", "one-thread"):
+        other = load_state(tmp_path / out)
+        assert all(torch.equal(whole[n], other[n]) for n in whole), out
+
+
+@pytest.mark.parametrize("shape", [(6, 9), (300, 400), (70_000,)])
+def test_density_zero_keeps_nothing_of_that_model(shape):
+    base, zero, other = models(shape, torch.float32, n=3)
+    params = [{}, {"weight": 1.0, "density": 0.0, "epsilon": 0.1}, {"weight": 1.0, "density": 0.5, "epsilon": 0.1}]
+    meta = MergeInputs("t", [base, zero, other], 0, params, SHARED, generator=torch.Generator().manual_seed(0),
+                       full_shape=shape)
+    delta = (merge_whole(della_blocks(meta), meta) - base).double()
+    torch.testing.assert_close(delta.abs().sum(), (other - base).double().abs().sum(), rtol=1e-4, atol=0)
