@@ -78,3 +78,15 @@ def test_plan_memory_figure_follows_the_budget(tiny_models):
     budget = whole // 5
     assert 0 < estimate(plan, budget).peak_memory_bytes <= budget
     plan.close()
+
+
+def test_every_method_in_this_repository_merges_in_blocks_and_is_checked_here():
+    """No method of plugins/methods holds a whole tensor: each declares blocks and has a recipe above."""
+    from mergehub.registry import build_registry
+
+    registry = build_registry()
+    names = sorted(p.name for p in (Path(__file__).parents[1] / "plugins" / "methods").iterdir() if p.is_dir())
+    assert len(names) >= 18
+    for name in names:
+        assert registry.method(name).blocks != "none", name
+        assert any(r == name or r.startswith(f"{name}-") for r in RECIPES), f"no tests/block_recipes/{name}.yaml"
