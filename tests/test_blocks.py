@@ -90,3 +90,25 @@ def test_every_method_in_this_repository_merges_in_blocks_and_is_checked_here():
     for name in names:
         assert registry.method(name).blocks != "none", name
         assert any(r == name or r.startswith(f"{name}-") for r in RECIPES), f"no tests/block_recipes/{name}.yaml"
+
+
+@pytest.mark.parametrize("method,extra", [("dare_ties", ""), ("della", ", epsilon: 0.2")])
+def test_random_methods_on_large_tensors_ignore_blocks_and_threads(tmp_path, tiny_models, method, extra):
+    """Tensors above randstream.SMALL_TENSOR draw from the addressable streams: any --max-memory, any thread count."""
+    from mergehub.randstream import SMALL_TENSOR
+
+    base, a, b = (tiny_models(n, layers=1, seed=s, hidden=256, vocab=512) for n, s in (("big-a", 1), ("big-b", 2), ("big-c", 3)))
+    recipe = tmp_path / "r.yml"
+    recipe.write_text(f"merge_method: {method}\nbase_model: {base}\nmodels:\n"
+                      f"  - {{model: {a}, parameters: {{weight: 0.6, density: 0.5{extra}}}}}\n"
+                      f"  - {{model: {b}, parameters: {{weight: 0.5, density: 0.3}}}}\ndtype: bfloat16\n")
+    runs = {"whole": ("1GB", "2"), "blocked": ("16K", "2"), "one-thread": ("16K", "1")}
+    for out, (memory, threads) in runs.items():
+        result = run_cli("merge", recipe, "--out", tmp_path / out, "--seed", "3", "--max-memory", memory,
+                         env={"OMP_NUM_THREADS": threads})
+        assert result.returncode == 0, result.output
+    whole = load_state(tmp_path / "whole")
+    assert max(t.numel() for t in whole.values()) > SMALL_TENSOR
+    for out in ("blocked", "one-thread"):
+        other = load_state(tmp_path / out)
+        assert all(torch.equal(whole[n], other[n]) for n in whole), out

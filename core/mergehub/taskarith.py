@@ -87,18 +87,17 @@ def combine(base: torch.Tensor, kept: list[torch.Tensor], params: list[dict], sh
         divisor = (torch.stack(weights).view(-1, *([1] * base.dim())) * mask).sum(dim=0)
         divisor[divisor == 0] = 1
     elif consensus:
-        sigma = torch.copysign(torch.ones((), dtype=dtype), _sum(deltas).add_(0.0))  # -0.0 + 0.0 = +0.0 elects +
-        agreeing = [(d * sigma).clamp_min_(0) for d in deltas]  # |Dᵢ| where its sign agrees, else 0
-        mixed = _sum(agreeing)
+        sigma, agreeing = elect(deltas)
+        mixed = stacked_sum(agreeing)
         if not normalize and shared.get("lambda", 1.0) == 1:  # B + σ·Σ in one kernel, rounded once as B + (σ·Σ) is
             return torch.addcmul(base, mixed, sigma).to(base.dtype)
         mixed.mul_(sigma)
         if normalize:  # Σ wᵢ over the agreeing models (sign(|Dᵢ|) is 1 there, 0 elsewhere); 0 becomes 1
-            divisor = _sum([a.sign().mul_(w) for a, w in zip(agreeing, weights)])
+            divisor = stacked_sum([a.sign().mul_(w) for a, w in zip(agreeing, weights)])
             divisor.add_(torch.eq(divisor, 0, out=torch.empty_like(divisor)))
     else:
-        mixed = _sum(deltas)
-        divisor = _sum([w.clone() for w in weights])
+        mixed = stacked_sum(deltas)
+        divisor = stacked_sum([w.clone() for w in weights])
         if divisor.abs() < 1e-8:
             divisor.fill_(1)
     if normalize:
@@ -108,7 +107,17 @@ def combine(base: torch.Tensor, kept: list[torch.Tensor], params: list[dict], sh
     return (base + mixed).to(base.dtype)
 
 
-def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
+def elect(deltas: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """σ = ±1, the sign of Σᵢ Dᵢ (a zero sum elects +), and each |Dᵢ| where Dᵢ has that sign, else 0.
+
+    The agreeing part of Dᵢ is then σ·max(σ·Dᵢ, 0): sign consensus without masks or comparisons.
+    """
+    dtype = deltas[0].dtype
+    sigma = torch.copysign(torch.ones((), dtype=dtype, device=deltas[0].device), stacked_sum(deltas).add_(0.0))  # -0 + 0 = +0
+    return sigma, [(d * sigma).clamp_min_(0) for d in deltas]
+
+
+def stacked_sum(terms: list[torch.Tensor]) -> torch.Tensor:
     """Σ terms, rounded as ``torch.stack(terms).sum(0)`` is: 16-bit floats accumulate in float32.
 
     Returns a new tensor (callers modify it in place).

@@ -65,6 +65,31 @@ class CliResult:
         return self.stdout + self.stderr
 
 
+def merge_in_blocks(factory: Callable[[Any], Any], inputs: Any, cuts: list[int]) -> Any:
+    """What the executor does with a multi-pass block merger (``x-mergehub.blocks``), for tests.
+
+    ``inputs`` is a :class:`~mergehub.specs.MergeInputs` holding whole tensors; the merger is built
+    from their empty metadata and sees rows ``cuts[i]:cuts[i + 1]`` as blocks: every block through
+    ``collect`` in each pass, then through ``merge``. Returns the merged blocks concatenated.
+    """
+    import dataclasses
+
+    import torch
+
+    shape = tuple(inputs.full_shape or inputs.tensors[0].shape)
+    empty = [torch.empty(0, dtype=x.dtype, device=x.device) for x in inputs.tensors]
+    merger = factory(dataclasses.replace(inputs, tensors=empty, offset=0, full_shape=shape))
+    ranges = list(zip(cuts[:-1], cuts[1:]))
+
+    def block(start: int, stop: int) -> Any:
+        return dataclasses.replace(inputs, tensors=[x[start:stop] for x in inputs.tensors], offset=start, full_shape=shape)
+
+    for pass_index in range(merger.passes):
+        for rows in ranges:
+            merger.collect(pass_index, block(*rows))
+    return torch.cat([merger.merge(block(*rows)) for rows in ranges])
+
+
 def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
     """Run the installed ``mergehub`` CLI for real, in a subprocess."""
     full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}

@@ -7,6 +7,7 @@ import torch
 
 from mergehub import MergeInputs
 from mergehub.tensormath import index_quantiles, softmax_kl
+from mergehub.testing import merge_in_blocks
 from mergehub_method_arcee_fusion.method import FusionBlocks, merge
 
 
@@ -26,14 +27,6 @@ def test_blocks_give_the_bytes_of_the_whole_tensor(dtype, shape):
     tensors = [base.to(dtype), (base + 0.3 * torch.randn(shape, generator=g)).to(dtype)]
     whole = merge(MergeInputs("t", tensors, 0, [{}, {}], {}, generator=torch.Generator().manual_seed(5)))
     assert torch.equal(whole, direct(*tensors, seed=5))
-    merger = FusionBlocks(MergeInputs("t", [torch.empty(0, dtype=dtype)] * 2, 0, [{}, {}], {},
-                                      generator=torch.Generator().manual_seed(5), full_shape=shape))
     cuts = sorted({0, 1, shape[0] // 3, shape[0] - 1, shape[0]})
-    ranges = list(zip(cuts[:-1], cuts[1:]))
-
-    def block(start: int, stop: int) -> MergeInputs:
-        return MergeInputs("t", [t[start:stop] for t in tensors], 0, [{}, {}], {}, offset=start, full_shape=shape)
-
-    for r in ranges:
-        merger.collect(0, block(*r))
-    assert torch.equal(torch.cat([merger.merge(block(*r)) for r in ranges]), whole)
+    inputs = MergeInputs("t", tensors, 0, [{}, {}], {}, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(merge_in_blocks(FusionBlocks, inputs, cuts), whole)

@@ -7,6 +7,7 @@ import torch
 
 from mergehub import MergeInputs
 from mergehub.outliers import breadcrumbs_ties_blocks
+from mergehub.testing import merge_in_blocks
 from mergehub_method_breadcrumbs_ties.method import merge
 
 PARAMS = [{}, {"weight": 0.6, "density": 0.7, "gamma": 0.03}, {"weight": -0.5, "density": 0.4, "gamma": 0.2}]
@@ -21,14 +22,5 @@ def test_blocks_give_the_bytes_of_the_whole_tensor(dtype, rescale):
                                      base + 0.1 * torch.randn(90, 50, generator=g))]
     shared = {"normalize": False, "rescale": rescale, "lambda": 0.8, "int8_mask": False}
     whole = merge(MergeInputs("t", tensors, 0, PARAMS, shared))
-    meta = MergeInputs("t", [torch.empty(0, dtype=dtype)] * 3, 0, PARAMS, shared, full_shape=(90, 50))
-    merger = breadcrumbs_ties_blocks(meta)
-    ranges = [(0, 1), (1, 40), (40, 41), (41, 90)]
-
-    def block(start: int, stop: int) -> MergeInputs:
-        return MergeInputs("t", [t[start:stop] for t in tensors], 0, PARAMS, shared, offset=start, full_shape=(90, 50))
-
-    for pass_index in range(merger.passes):
-        for r in ranges:
-            merger.collect(pass_index, block(*r))
-    assert torch.equal(torch.cat([merger.merge(block(*r)) for r in ranges]), whole)
+    blocks = merge_in_blocks(breadcrumbs_ties_blocks, MergeInputs("t", tensors, 0, PARAMS, shared), [0, 1, 40, 41, 90])
+    assert torch.equal(blocks, whole)

@@ -12,7 +12,7 @@ from mergehub import MergeInputs
 from mergehub.dropout import della_blocks, della_linear_blocks, magnitude_order
 from mergehub.randstream import SMALL_TENSOR
 from mergehub.taskarith import merge_whole
-from mergehub.testing import load_state, run_cli
+from mergehub.testing import merge_in_blocks
 
 FACTORIES = {"della": della_blocks, "della_linear": della_linear_blocks}
 SHARED = {"normalize": True, "rescale": True, "lambda": 1.0, "int8_mask": False}
@@ -27,14 +27,8 @@ def inputs(tensors, rows=None, seed=7, shape=None, **shared):
 
 
 def blocked(factory, tensors, rows_per_block, **shared):
-    """What the executor does: every block through ``collect`` for each pass, then through ``merge``."""
-    shape = tuple(tensors[0].shape)
-    ranges = [(s, min(shape[0], s + rows_per_block)) for s in range(0, shape[0], rows_per_block)]
-    merger = factory(inputs([torch.empty(0, dtype=tensors[0].dtype)] * len(tensors), shape=shape, **shared))
-    for pass_index in range(merger.passes):
-        for rows in ranges:
-            merger.collect(pass_index, inputs(tensors, rows, **shared))
-    return torch.cat([merger.merge(inputs(tensors, rows, **shared)) for rows in ranges])
+    rows = tensors[0].shape[0]
+    return merge_in_blocks(factory, inputs(tensors, **shared), [*range(0, rows, rows_per_block), rows])
 
 
 def models(shape, dtype, n=4, seed=0):
@@ -84,24 +78,6 @@ def test_large_tensors_keep_larger_entries_more_often_and_preserve_l1(method):
         expected = (0.1 + 0.8 * rank[bucket]).mean().item()
         assert abs(kept[bucket].double().mean().item() - expected) < 5 * math.sqrt(0.25 / int(bucket.sum())), (low, high)
     torch.testing.assert_close(merged.abs().sum(), delta.abs().sum(), rtol=1e-4, atol=0)
-
-
-def test_blocked_equals_whole_and_one_thread_equals_two_through_the_cli(tmp_path, tiny_models):
-    base, a, b = (tiny_models(n, layers=1, seed=s, hidden=256, vocab=512) for n, s in (("big-a", 1), ("big-b", 2), ("big-c", 3)))
-    recipe = tmp_path / "r.yml"
-    recipe.write_text(f"merge_method: della\nbase_model: {base}\nmodels:\n"
-                      f"  - {{model: {a}, parameters: {{weight: 0.6, density: 0.5, epsilon: 0.2}}}}\n"
-                      f"  - {{model: {b}, parameters: {{weight: 0.5, density: 0.3}}}}\ndtype: bfloat16\n")
-    runs = {"whole": ("1GB", "2"), "blocked": ("16K", "2"), "one-thread": ("16K", "1")}
-    for out, (memory, threads) in runs.items():
-        result = run_cli("merge", recipe, "--out", tmp_path / out, "--seed", "3", "--max-memory", memory,
-                         env={"OMP_NUM_THREADS": threads})
-        assert result.returncode == 0, result.output
-    whole = load_state(tmp_path / "whole")
-    assert max(t.numel() for t in whole.values()) > SMALL_TENSOR
-    for out in ("blocked", "one-thread"):
-        other = load_state(tmp_path / out)
-        assert all(torch.equal(whole[n], other[n]) for n in whole), out
 
 
 @pytest.mark.parametrize("shape", [(6, 9), (300, 400), (70_000,)])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mergehub import MergeInputs
+from mergehub.testing import merge_in_blocks
 from mergehub_method_sce.method import SceBlocks, merge, variance
 
 
@@ -19,17 +20,8 @@ def test_blocks_give_the_bytes_of_the_whole_tensor(dtype, models, select_topk):
     params = [{}] + [{"weight": 1.0}] * models
     shared = {"select_topk": select_topk, "int8_mask": False}
     whole = merge(MergeInputs("t", tensors, 0, params, shared))
-    meta = MergeInputs("t", [torch.empty(0, dtype=dtype)] * len(tensors), 0, params, shared, full_shape=(80, 40))
-    merger = SceBlocks(meta)
-    ranges = [(0, 3), (3, 4), (4, 79), (79, 80)]
-
-    def block(start: int, stop: int) -> MergeInputs:
-        return MergeInputs("t", [t[start:stop] for t in tensors], 0, params, shared, offset=start, full_shape=(80, 40))
-
-    for pass_index in range(merger.passes):
-        for r in ranges:
-            merger.collect(pass_index, block(*r))
-    assert torch.equal(torch.cat([merger.merge(block(*r)) for r in ranges]), whole)
+    blocks = merge_in_blocks(SceBlocks, MergeInputs("t", tensors, 0, params, shared), [0, 3, 4, 79, 80])
+    assert torch.equal(blocks, whole)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

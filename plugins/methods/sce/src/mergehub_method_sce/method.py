@@ -22,7 +22,7 @@ import torch
 
 from mergehub import MergeInputs
 from mergehub.rowsums import RowSums
-from mergehub.taskarith import merge_whole, split_base
+from mergehub.taskarith import elect, merge_whole, split_base, stacked_sum
 from mergehub.topk import SHORT, TopK, as_factor
 
 
@@ -43,24 +43,11 @@ def variance(deltas: list[torch.Tensor]) -> torch.Tensor:
     if len(deltas) == 2:
         return (deltas[0].to(work) - deltas[1].to(work)).square_().mul_(0.25).to(dtype)  # mixed dtypes run slower
     values = [d.to(work) for d in deltas]
-    mean = _sum(values).div_(len(values))
+    mean = stacked_sum(values).div_(len(values))
     spread = torch.zeros_like(mean)
     for value in values:
         spread.add_((value - mean).square_())
     return spread.div_(len(values)).to(dtype)
-
-
-def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
-    """Σ terms (a new tensor), rounded as ``torch.stack(terms).sum(0)`` is: 16-bit floats accumulate in float32."""
-    if len(terms) <= 2 or terms[0].dtype not in SHORT:  # one pair: one rounding of the exact sum either way
-        total = terms[0].clone() if len(terms) == 1 else terms[0] + terms[1]
-        for term in terms[2:]:
-            total += term
-        return total
-    total = terms[0].float()
-    for term in terms[1:]:
-        total += term
-    return total.to(terms[0].dtype)
 
 
 class SceBlocks:
@@ -118,13 +105,12 @@ class SceBlocks:
         if self.coefficients is None:
             self.coefficients = self.weights(len(others), base.dtype)
         deltas = self.selected(block, [t - base for t in others])
-        # With σ = ±1 the elected sign (+ for a zero sum), the agreeing part of Tᵢ is σ·max(σ·Tᵢ, 0):
-        # the same roundings as mergekit's masks (cᵢ·Tᵢ, then sums over the models) in a few kernels.
-        sigma = torch.copysign(torch.ones((), dtype=base.dtype), _sum(deltas).add_(0.0))  # -0.0 + 0.0 elects +
-        agreeing = [(d * sigma).clamp_min_(0) for d in deltas]
+        # The agreeing part of Tᵢ is σ·max(σ·Tᵢ, 0): the roundings of mergekit's masks (cᵢ·Tᵢ, then sums
+        # over the models) in a few kernels.
+        sigma, agreeing = elect(deltas)
         weights = self.coefficients.unbind()
-        mixed = _sum([a * c for a, c in zip(agreeing, weights)])
-        divisor = _sum([(a > 0) * c for a, c in zip(agreeing, weights)]).clamp_(min=1e-6)
+        mixed = stacked_sum([a * c for a, c in zip(agreeing, weights)])
+        divisor = stacked_sum([(a > 0) * c for a, c in zip(agreeing, weights)]).clamp_(min=1e-6)
         return torch.addcmul(base, mixed.div_(divisor), sigma)  # B + σ·(Σ/divisor), rounded once as B + x is
 
     def weights(self, models: int, dtype: torch.dtype) -> torch.Tensor:
