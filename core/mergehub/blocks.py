@@ -8,13 +8,15 @@ Methods say how they can be blocked (``x-mergehub.blocks``):
   gets a :class:`~mergehub.specs.MergeInputs` whose tensors are empty (they tell the working dtype),
   with name, params, shared and ``full_shape``,
   and returns a :class:`BlockMerge`, which sees every block ``passes`` times through ``collect`` and
-  then once more through ``merge``, in row order. Its results must not depend on where the blocks
+  then once more through ``merge``, in row order. ``passes`` is read again after each pass, so a
+  merger that finds it needs another pass (a prediction that failed) may raise it while collecting. Its results must not depend on where the blocks
   start and end, so the bytes are the same whatever ``--max-memory`` is.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -37,6 +39,21 @@ class BlockMerge(Protocol):
 
     def merge(self, block: MergeInputs) -> torch.Tensor:
         """The output rows of one block, once the statistics are complete."""
+
+
+def pass_indices(merger: BlockMerge) -> Iterator[int]:
+    """0, 1, … while below ``merger.passes``, which is read again after every pass."""
+    index = 0
+    while index < merger.passes:
+        yield index
+        index += 1
+
+
+def merge_whole(merger: BlockMerge, inputs: MergeInputs) -> torch.Tensor:
+    """Run a block merger over a tensor given whole (one block): how a plugin's ``merge`` shares its maths."""
+    for pass_index in pass_indices(merger):
+        merger.collect(pass_index, inputs)
+    return merger.merge(inputs)
 
 
 def plan_blocks(shape: tuple[int, ...], peak: int, kind: str, max_memory: int) -> list[tuple[int, int]] | None:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from mergehub import allocator, dtypes
-from mergehub.blocks import DEFAULT_MAX_MEMORY, plan_blocks
+from mergehub.blocks import DEFAULT_MAX_MEMORY, pass_indices, plan_blocks
 from mergehub.errors import MergehubError
 from mergehub.estimate import peak_bytes
 from mergehub.plan import OutputTensor, Plan
@@ -107,7 +107,7 @@ class Executor:
         whole = not spec.shape
         meta = self.inputs(spec, None, [torch.empty(0) for _ in spec.inputs])  # no data, but the working dtype
         merger = self.factory(meta)
-        for pass_index in range(merger.passes):
+        for pass_index in pass_indices(merger):
             for rows in ranges:
                 merger.collect(pass_index, self.inputs(spec, rows, self.load(spec, None if whole else rows)))
         for rows in ranges:

@@ -201,10 +201,3 @@ class MagnitudeBlocks:
 def ties_blocks(meta: MergeInputs) -> MagnitudeBlocks:
     """The block merger of ``ties`` (x-mergehub ``blocks``)."""
     return MagnitudeBlocks(meta, "sum")
-
-
-def merge_whole(merger: object, inputs: MergeInputs) -> torch.Tensor:
-    """Run a block merger over a tensor given whole (one block)."""
-    for pass_index in range(merger.passes):  # type: ignore[attr-defined]
-        merger.collect(pass_index, inputs)  # type: ignore[attr-defined]
-    return merger.merge(inputs)  # type: ignore[attr-defined]

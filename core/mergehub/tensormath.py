@@ -20,33 +20,6 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], dtyp
     return result
 
 
-def as_vectors(tensor: torch.Tensor, per_row: bool) -> torch.Tensor:
-    """The vectors a per-vector statistic runs over, along the last dim.
-
-    ``per_row=False``: the whole tensor, flattened into one vector. ``per_row=True``: each
-    row (a 1-D tensor counts as one row). Reshape the result back with ``.reshape(tensor.shape)``.
-    """
-    if not per_row:
-        return tensor.reshape(-1)
-    return tensor.reshape(1, -1) if tensor.dim() <= 1 else tensor
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """cos∠(a, b) along the last dim: a·b / max(‖a‖·‖b‖, eps), clamped to [−1, 1].
-
-    The product of the norms is clamped, not each norm, so a zero vector gives 0.
-    Computed in the inputs' dtype.
-    """
-    norms = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
-    return ((a * b).sum(dim=-1) / norms.clamp(min=eps)).clamp(-1, 1)
-
-
-def mean_pairwise_cosine(vectors: Sequence[torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
-    """The mean of :func:`cosine` over every pair i < j of two or more vectors (per row if they are rows)."""
-    pairs = [cosine(a, b, eps) for i, a in enumerate(vectors) for b in vectors[i + 1:]]
-    return torch.stack(pairs).mean(dim=0)
-
-
 def softmax_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """KL(p‖q) = Σ p·log(p/q) along the last dim (kept, size 1), p = softmax(p_logits) + eps, q likewise."""
     p = torch.softmax(p_logits, dim=-1) + eps

@@ -76,6 +76,8 @@ def merge_in_blocks(factory: Callable[[Any], Any], inputs: Any, cuts: list[int])
 
     import torch
 
+    from mergehub.blocks import pass_indices
+
     shape = tuple(inputs.full_shape or inputs.tensors[0].shape)
     empty = [torch.empty(0, dtype=x.dtype, device=x.device) for x in inputs.tensors]
     merger = factory(dataclasses.replace(inputs, tensors=empty, offset=0, full_shape=shape))
@@ -84,7 +86,7 @@ def merge_in_blocks(factory: Callable[[Any], Any], inputs: Any, cuts: list[int])
     def block(start: int, stop: int) -> Any:
         return dataclasses.replace(inputs, tensors=[x[start:stop] for x in inputs.tensors], offset=start, full_shape=shape)
 
-    for pass_index in range(merger.passes):
+    for pass_index in pass_indices(merger):
         for rows in ranges:
             merger.collect(pass_index, block(*rows))
     return torch.cat([merger.merge(block(*rows)) for rows in ranges])

@@ -11,7 +11,7 @@ import torch
 from mergehub import MergeInputs
 from mergehub.dropout import della_blocks, della_linear_blocks, magnitude_order
 from mergehub.randstream import SMALL_TENSOR
-from mergehub.taskarith import merge_whole
+from mergehub.blocks import merge_whole
 from mergehub.testing import merge_in_blocks
 
 FACTORIES = {"della": della_blocks, "della_linear": della_linear_blocks}

@@ -24,7 +24,8 @@ import torch
 
 from mergehub import MergeInputs
 from mergehub.quantiles import BlockQuantiles
-from mergehub.taskarith import merge_whole, split_base
+from mergehub.blocks import merge_whole
+from mergehub.taskarith import split_base
 from mergehub.tensormath import softmax_kl
 from mergehub.topk import as_factor
 

@@ -11,7 +11,7 @@ import torch
 
 from mergehub import MergeInputs
 from mergehub.outliers import breadcrumbs_blocks
-from mergehub.taskarith import merge_whole
+from mergehub.blocks import merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

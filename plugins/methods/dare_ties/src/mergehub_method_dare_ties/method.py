@@ -12,7 +12,7 @@ import torch
 
 from mergehub import MergeInputs
 from mergehub.dropout import dare_ties_blocks
-from mergehub.taskarith import merge_whole
+from mergehub.blocks import merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

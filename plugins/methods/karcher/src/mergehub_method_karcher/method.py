@@ -1,6 +1,8 @@
 """Y = (mean norm) · (Karcher mean direction) of all the models, each with weight 1/N.
 
-A base model is just another input. See :func:`mergehub.spherical.karcher_mean`.
+A base model is just another input. The iteration runs on the inputs' Gram matrix, summed
+over row blocks first (:func:`mergehub.spherical.karcher_solve`); one more pass forms the direction,
+rounds it to the inputs' dtype and scales it there (:class:`mergehub.spherical.KarcherBlocks`).
 """
 
 from __future__ import annotations
@@ -8,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.spherical import karcher_mean
+from mergehub.blocks import merge_whole
+from mergehub.spherical import karcher_blocks
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    n = len(inputs.tensors)
-    return karcher_mean(inputs.tensors, [1.0 / n] * n, inputs.shared["max_iter"], inputs.shared["tol"])
+    return merge_whole(karcher_blocks(inputs), inputs)

@@ -1,6 +1,7 @@
 """Weighted spherical (barycentric) interpolation of the models, of their task vectors with a base.
 
-Computed in the inputs' dtype; see :func:`mergehub.spherical.multislerp`.
+Computed in the inputs' dtype as the reference does (:class:`mergehub.spherical.MultislerpBlocks`):
+the chain of statistics is predicted from the Gram matrix and confirmed by an exact pass.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from typing import Any
 import torch
 
 from mergehub import MergeInputs
-from mergehub.spherical import multislerp, split_optional_base
+from mergehub.blocks import merge_whole
+from mergehub.spherical import multislerp_blocks
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    base, tensors, params = split_optional_base(inputs)
-    return multislerp(tensors, [p["weight"] for p in params], base, inputs.shared["normalize_weights"],
-                      inputs.shared["eps"], inputs.name)
+    return merge_whole(multislerp_blocks(inputs), inputs)
 
 
 def check(params: list[dict[str, Any]], shared: dict[str, Any]) -> str | None:

@@ -1,7 +1,8 @@
 """Y = S(t, X₁, X₂) or, with a base, B + S(t, X₁−B, X₂−B), where t = w₂/(w₁+w₂).
 
-S is spherical interpolation in the inputs' dtype, of whole tensors or vector by
-vector; see :func:`mergehub.spherical.nuslerp`.
+S is spherical interpolation of whole tensors, of each row, or of each column, in the inputs'
+dtype as the reference computes it (:class:`mergehub.spherical.NuslerpBlocks`: a pass for the
+norms, one for the dot product of the normalised vectors, then the output).
 """
 
 from __future__ import annotations
@@ -9,15 +10,9 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.spherical import nuslerp, nuslerp_t, split_optional_base
+from mergehub.blocks import merge_whole
+from mergehub.spherical import nuslerp_blocks
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    if len(inputs.tensors) == 1:  # an optional tensor only one model has is copied through
-        return inputs.tensors[0]
-    base, tensors, params = split_optional_base(inputs)
-    t = nuslerp_t(params[0]["weight"], params[1]["weight"])
-    flatten, row_wise = inputs.shared["nuslerp_flatten"], inputs.shared["nuslerp_row_wise"]
-    if base is None:
-        return nuslerp(t, tensors[0], tensors[1], flatten, row_wise)
-    return base + nuslerp(t, tensors[0] - base, tensors[1] - base, flatten, row_wise)
+    return merge_whole(nuslerp_blocks(inputs), inputs)

@@ -22,7 +22,8 @@ import torch
 
 from mergehub import MergeInputs
 from mergehub.rowsums import RowSums
-from mergehub.taskarith import elect, merge_whole, split_base, stacked_sum
+from mergehub.blocks import merge_whole
+from mergehub.taskarith import elect, split_base, stacked_sum
 from mergehub.topk import SHORT, TopK, as_factor
 
 

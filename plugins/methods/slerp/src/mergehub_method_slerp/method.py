@@ -1,7 +1,8 @@
 """Y = sin((1−t)θ)/sin θ · B + sin(tθ)/sin θ · X over whole tensors (lerp when nearly (anti)parallel).
 
-Computed in float32 (float64 for float64 inputs) and returned in the inputs' dtype;
-see :func:`mergehub.spherical.slerp` for the thresholds.
+The coefficients come from ‖B‖, ‖X‖ and B·X (:func:`mergehub.spherical.slerp_solve`), summed
+over row blocks first, so a tensor of any size is merged within ``--max-memory``. Computed in
+float32 (float64 for float64 inputs) and returned in the inputs' dtype.
 """
 
 from __future__ import annotations
@@ -9,11 +10,9 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.spherical import slerp
+from mergehub.blocks import merge_whole
+from mergehub.spherical import slerp_blocks
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    if len(inputs.tensors) == 1:  # an optional tensor only one model has is copied through
-        return inputs.tensors[0]
-    base = inputs.base if inputs.base is not None else 0
-    return slerp(inputs.shared["t"], inputs.tensors[base], inputs.tensors[1 - base])
+    return merge_whole(slerp_blocks(inputs), inputs)

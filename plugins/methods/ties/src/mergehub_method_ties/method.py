@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from mergehub import MergeInputs
-from mergehub.taskarith import merge_whole, ties_blocks
+from mergehub.blocks import merge_whole
+from mergehub.taskarith import ties_blocks
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
