@@ -35,9 +35,9 @@ def test_blocked_equals_whole(tmp_path, tiny_models, method):
     assert all(torch.equal(whole[n], blocked[n]) for n in whole)
 
 
-def test_the_embedding_is_split_into_blocks_within_the_budget(tiny_models):
+def linear_plan(tiny_models):
+    """The plan of an equal-weight linear merge of two tiny models, and the models."""
     from mergehub.config import load_recipe
-    from mergehub.executor import Executor
     from mergehub.plan import make_plan
     from mergehub.registry import build_registry
     from mergehub.yamlsource import parse_documents
@@ -46,7 +46,13 @@ def test_the_embedding_is_split_into_blocks_within_the_budget(tiny_models):
     registry = build_registry()
     recipe = load_recipe(parse_documents(f"merge_method: linear\nparameters: {{weight: 1}}\n"
                                          f"models:\n  - model: {a}\n  - model: {b}\n")[0], registry)
-    plan = make_plan(recipe, registry)
+    return make_plan(recipe, registry), a, b
+
+
+def test_the_embedding_is_split_into_blocks_within_the_budget(tiny_models):
+    from mergehub.executor import Executor
+
+    plan, a, b = linear_plan(tiny_models)
     embed = next(t for t in plan.tensors if t.name == "model.embed_tokens.weight")
     budget = peak_bytes(embed) // 5
     executor = Executor(plan, max_memory=budget)
@@ -62,17 +68,9 @@ def test_the_embedding_is_split_into_blocks_within_the_budget(tiny_models):
 
 
 def test_plan_memory_figure_follows_the_budget(tiny_models):
-    from mergehub.config import load_recipe
     from mergehub.estimate import estimate
-    from mergehub.plan import make_plan
-    from mergehub.registry import build_registry
-    from mergehub.yamlsource import parse_documents
 
-    a, b = tiny_models("a", layers=2, seed=1), tiny_models("b", layers=2, seed=2)
-    registry = build_registry()
-    recipe = load_recipe(parse_documents(f"merge_method: linear\nparameters: {{weight: 1}}\n"
-                                         f"models:\n  - model: {a}\n  - model: {b}\n")[0], registry)
-    plan = make_plan(recipe, registry)
+    plan, _, _ = linear_plan(tiny_models)
     whole = max(peak_bytes(t) for t in plan.tensors)
     assert estimate(plan, 1 << 40).peak_memory_bytes == whole  # tiny tensors: each is one block
     budget = whole // 5

@@ -65,6 +65,15 @@ class CliResult:
         return self.stdout + self.stderr
 
 
+def related_tensors(shape: tuple[int, ...], dtype: Any, n: int = 4, seed: int = 0) -> list[Any]:
+    """A random base tensor and ``n - 1`` variants of it (noise of std 0.1), like fine-tunes of one model."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    return [base.to(dtype)] + [(base + 0.1 * torch.randn(shape, generator=g)).to(dtype) for _ in range(n - 1)]
+
+
 def merge_in_blocks(factory: Callable[[Any], Any], inputs: Any, cuts: list[int]) -> Any:
     """What the executor does with a multi-pass block merger (``x-mergehub.blocks``), for tests.
 

@@ -12,7 +12,7 @@ from mergehub import MergeInputs
 from mergehub.dropout import dare_linear_blocks, dare_ties_blocks
 from mergehub.randstream import SMALL_TENSOR
 from mergehub.blocks import merge_whole
-from mergehub.testing import merge_in_blocks
+from mergehub.testing import merge_in_blocks, related_tensors
 
 FACTORIES = {"dare_ties": dare_ties_blocks, "dare_linear": dare_linear_blocks}
 SHARED = {"normalize": False, "rescale": True, "lambda": 1.0, "int8_mask": False}
@@ -30,18 +30,12 @@ def blocked(factory, tensors, rows_per_block, **shared):
     return merge_in_blocks(factory, inputs(tensors, **shared), [*range(0, rows, rows_per_block), rows])
 
 
-def models(shape, dtype, n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(shape, generator=g)
-    return [base.to(dtype)] + [(base + 0.1 * torch.randn(shape, generator=g)).to(dtype) for _ in range(n - 1)]
-
-
 @pytest.mark.parametrize("method", sorted(FACTORIES))
 @pytest.mark.parametrize("dtype,shape", [(torch.bfloat16, (301, 257)), (torch.float16, (97, 5, 211)),
                                          (torch.float32, (100_003,))])
 @pytest.mark.parametrize("shared", [{}, {"normalize": True, "rescale": False, "lambda": 0.8}])
 def test_any_blocks_give_the_bytes_of_the_whole_tensor(method, dtype, shape, shared):
-    tensors = models(shape, dtype)
+    tensors = related_tensors(shape, dtype)
     assert math.prod(shape) > SMALL_TENSOR
     factory = FACTORIES[method]
     whole = merge_whole(factory(inputs(tensors, **shared)), inputs(tensors, **shared))
@@ -52,7 +46,7 @@ def test_any_blocks_give_the_bytes_of_the_whole_tensor(method, dtype, shape, sha
 
 @pytest.mark.parametrize("method", sorted(FACTORIES))
 def test_large_tensors_keep_about_density_preserve_l1_and_ignore_the_thread_count(method):
-    tensors = models((700, 512), torch.float32, n=2)
+    tensors = related_tensors((700, 512), torch.float32, n=2)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

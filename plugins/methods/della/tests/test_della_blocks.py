@@ -12,7 +12,7 @@ from mergehub import MergeInputs
 from mergehub.dropout import della_blocks, della_linear_blocks, magnitude_order
 from mergehub.randstream import SMALL_TENSOR
 from mergehub.blocks import merge_whole
-from mergehub.testing import merge_in_blocks
+from mergehub.testing import merge_in_blocks, related_tensors
 
 FACTORIES = {"della": della_blocks, "della_linear": della_linear_blocks}
 SHARED = {"normalize": True, "rescale": True, "lambda": 1.0, "int8_mask": False}
@@ -31,18 +31,12 @@ def blocked(factory, tensors, rows_per_block, **shared):
     return merge_in_blocks(factory, inputs(tensors, **shared), [*range(0, rows, rows_per_block), rows])
 
 
-def models(shape, dtype, n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(shape, generator=g)
-    return [base.to(dtype)] + [(base + 0.1 * torch.randn(shape, generator=g)).to(dtype) for _ in range(n - 1)]
-
-
 @pytest.mark.parametrize("method", sorted(FACTORIES))
 @pytest.mark.parametrize("dtype,shape", [(torch.bfloat16, (301, 257)), (torch.float16, (97, 5, 211)),
                                          (torch.float32, (70_001,)), (torch.float32, (130, 1031))])
 @pytest.mark.parametrize("shared", [{}, {"normalize": False, "rescale": False, "lambda": 0.8}])
 def test_any_blocks_give_the_bytes_of_the_whole_tensor(method, dtype, shape, shared):
-    tensors = models(shape, dtype)
+    tensors = related_tensors(shape, dtype)
     assert math.prod(shape) > SMALL_TENSOR
     factory = FACTORIES[method]
     whole = merge_whole(factory(inputs(tensors, **shared)), inputs(tensors, **shared))
@@ -60,7 +54,7 @@ def test_the_magnitude_order_is_a_stable_sort(dtype):
 
 @pytest.mark.parametrize("method", sorted(FACTORIES))
 def test_large_tensors_keep_larger_entries_more_often_and_preserve_l1(method):
-    tensors = models((400, 500), torch.float32, n=2)
+    tensors = related_tensors((400, 500), torch.float32, n=2)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -82,7 +76,7 @@ def test_large_tensors_keep_larger_entries_more_often_and_preserve_l1(method):
 
 @pytest.mark.parametrize("shape", [(6, 9), (300, 400), (70_000,)])
 def test_density_zero_keeps_nothing_of_that_model(shape):
-    base, zero, other = models(shape, torch.float32, n=3)
+    base, zero, other = related_tensors(shape, torch.float32, n=3)
     params = [{}, {"weight": 1.0, "density": 0.0, "epsilon": 0.1}, {"weight": 1.0, "density": 0.5, "epsilon": 0.1}]
     meta = MergeInputs("t", [base, zero, other], 0, params, SHARED, generator=torch.Generator().manual_seed(0),
                        full_shape=shape)
