@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from mergehub import sparsify
-from mergehub.topk import TopK
+from mergehub.topk import TopK, as_factor
 from mergehub.specs import MergeInputs
 
 Sparsifier = Callable[[torch.Tensor, dict, torch.Generator | None], torch.Tensor]
@@ -161,7 +161,7 @@ class MagnitudeBlocks:
         if self.densities[i] <= 0:
             return torch.zeros_like(delta)
         selector = self.selectors[i]
-        return delta if selector is None else delta * selector.mask(delta)
+        return delta if selector is None else delta * as_factor(selector.mask(delta), delta.dtype)
 
     def restart(self, block: MergeInputs) -> None:
         if block.offset == 0:  # a new pass over the tensor starts: ties are counted from the start again
