@@ -12,23 +12,14 @@ sparsifiers (DARE, DELLA) are block mergers in :mod:`mergehub.dropout` that end 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 
-from mergehub import sparsify
-from mergehub.topk import TopK, as_factor
 from mergehub.specs import MergeInputs
+from mergehub.topk import TopK, as_factor
 
-Sparsifier = Callable[[torch.Tensor, dict, torch.Generator | None], torch.Tensor]
 Consensus = Literal["sum", "count"] | None
-
-#: The sparsifiers by name, each taking (delta, per-model params, generator).
-SPARSIFIERS: dict[str, Sparsifier] = {
-    "magnitude": lambda d, p, g: sparsify.magnitude(d, p["density"]),
-    "magnitude_outliers": lambda d, p, g: sparsify.magnitude_outliers(d, p["density"], p["gamma"]),
-}
 
 
 def split_base(inputs: MergeInputs) -> tuple[torch.Tensor, list[torch.Tensor], list[dict]]:
@@ -52,19 +43,12 @@ def sign_agreement(deltas: torch.Tensor, mode: Literal["sum", "count"] = "sum", 
     return signs == elected
 
 
-def merge_task_vectors(inputs: MergeInputs, sparsifier: str | None, consensus: Consensus) -> torch.Tensor:
+def merge_task_vectors(inputs: MergeInputs, consensus: Consensus = None) -> torch.Tensor:
+    """Task arithmetic without sparsification (elementwise, so any block of rows merges alone)."""
     base, others, params = split_base(inputs)
     if not others:
         return base
-    shared = inputs.shared
-    kept = []
-    for tensor, p in zip(others, params):
-        delta = tensor - base
-        sparse = SPARSIFIERS[sparsifier](delta, p, inputs.generator) if sparsifier else delta
-        if sparsifier and shared.get("rescale", False):
-            sparse = sparsify.rescale_l1(delta.to(sparse.dtype), sparse)
-        kept.append(sparse.to(delta.dtype))
-    return combine(base, kept, params, shared, consensus)
+    return combine(base, [tensor - base for tensor in others], params, inputs.shared, consensus)
 
 
 def combine(base: torch.Tensor, kept: list[torch.Tensor], params: list[dict], shared: dict,

@@ -12,4 +12,4 @@ from mergehub.taskarith import merge_task_vectors
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:
-    return merge_task_vectors(inputs, sparsifier=None, consensus=None)
+    return merge_task_vectors(inputs)
