@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-
 import torch
 
-from mergehub.testing import forward_pass, load_state, run_cli
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def populate_cache(cache, repo_id, source, revision="main"):
-    """Lay a model out exactly as huggingface_hub caches a download (refs + snapshot)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    for file in source.iterdir():
-        shutil.copy(file, snapshot / file.name)
-    (repo / "refs").mkdir()
-    (repo / "refs" / revision).write_text(COMMIT)
+from mergehub.testing import forward_pass, load_state, populate_hub_cache, run_cli
 
 
 def test_hub_id_from_offline_cache(tmp_path, tiny_models):
     a, b = tiny_models("a", layers=2, seed=1), tiny_models("b", layers=2, seed=2)
     cache = tmp_path / "hub"
-    populate_cache(cache, "tiny-org/tiny-a", a)
-    populate_cache(cache, "tiny-org/tiny-b", b, revision="v1")
+    populate_hub_cache(cache, "tiny-org/tiny-a", a)
+    populate_hub_cache(cache, "tiny-org/tiny-b", b, revision="v1")
     cfg = tmp_path / "r.yaml"
     cfg.write_text("merge_method: linear\nparameters: {weight: 1}\nmodels:\n"
                    "  - model: tiny-org/tiny-a\n  - model: tiny-org/tiny-b@v1\n")

@@ -27,6 +27,7 @@ class ModelRef:
     revision: str | None = None
     lora: str | None = None
     override_architecture: str | None = None
+    lora_revision: str | None = None
 
     @classmethod
     def parse(cls, value: Any) -> ModelRef:
@@ -34,17 +35,71 @@ class ModelRef:
             model = value["model"]
             path, revision = (model["path"], model.get("revision")) if isinstance(model, dict) else _split_revision(model)
             lora = value.get("lora")
-            lora_path = lora.get("path") if isinstance(lora, dict) else lora
-            return cls(path, revision, lora_path, value.get("override_architecture"))
+            lora_path, lora_revision = _lora_of(lora)
+            return cls(path, revision, lora_path, value.get("override_architecture"), lora_revision)
         pieces = str(value).split("+")
         if len(pieces) > 2:
             raise ValueError(f"cannot parse model reference '{value}': more than one '+'")
         path, revision = _split_revision(pieces[0])
-        return cls(path, revision, _split_revision(pieces[1])[0] if len(pieces) == 2 else None)
+        lora_path, lora_revision = _split_revision(pieces[1]) if len(pieces) == 2 else (None, None)
+        return cls(path, revision, lora_path, lora_revision=lora_revision)
 
     def __str__(self) -> str:
         text = self.path + (f"@{self.revision}" if self.revision else "")
-        return text + (f"+{self.lora}" if self.lora else "")
+        return text + (f"+{self.lora}" if self.lora else "") + (f"@{self.lora_revision}" if self.lora and self.lora_revision else "")
+
+
+def _lora_of(lora: Any) -> tuple[str | None, str | None]:
+    """The adapter path and revision of a dict-form reference's ``lora`` (a string or ``{path, revision}``)."""
+    if not lora:
+        return None, None
+    if isinstance(lora, dict):
+        if not lora.get("path"):
+            raise ValueError("a 'lora' entry needs a 'path' (and optionally a 'revision')")
+        return lora["path"], lora.get("revision")
+    return _split_revision(str(lora))
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Where a token's default row comes from: a model's row of the same token (``model``), a named or
+    numbered row of a model (``model_token``), or zeros (``zero``)."""
+
+    kind: Literal["model", "model_token", "zero"]
+    model: ModelRef | None = None
+    token: str | None = None
+    token_id: int | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> TokenSource:
+        if isinstance(value, dict) and value.get("kind") == "zero":
+            return cls("zero")
+        if isinstance(value, dict) and value.get("kind") == "model_token":
+            return cls("model_token", ModelRef.parse(value["model"]), value.get("token"), value.get("token_id"))
+        return cls("model", ModelRef.parse(value))
+
+
+@dataclass(frozen=True)
+class TokenSetting:
+    """One entry of ``tokenizer.tokens``: its default row and whether every model must take it."""
+
+    source: TokenSource | None
+    force: bool
+    path: PathKey
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """``tokenizer_source: X`` or the ``tokenizer:`` block, in one form (the first is the second without tokens)."""
+
+    source: ModelRef | Literal["union", "base"]
+    tokens: dict[str, TokenSetting]
+    pad_to_multiple_of: int | None
+    path: PathKey  # ("tokenizer_source",) or ("tokenizer",): where problems are reported
+
+    @property
+    def source_path(self) -> PathKey:
+        return self.path if self.path == ("tokenizer_source",) else self.path + ("source",)
 
 
 def _split_revision(text: str) -> tuple[str, str | None]:
@@ -84,6 +139,7 @@ class Recipe:
     document: Document
     tokenizer_source: ModelRef | str | None = None
     chat_template: str | None = None
+    tokenizer: TokenizerSettings | None = None
     name: str | None = None
     warnings: list[Problem] = field(default_factory=list)
 
@@ -166,6 +222,7 @@ def _semantic_problems(document: Document) -> list[Problem]:
             ModelRef.parse(value)
         except (ValueError, KeyError, TypeError) as exc:
             add(path, str(exc), "write model references as path, path@revision or path+lora")
+    found += _tokenizer_problems(document)
     for i, slice_ in enumerate(data.get("slices") or []):
         for j, source in enumerate(slice_.get("sources") or [] if isinstance(slice_, dict) else []):
             rng = source.get("layer_range") if isinstance(source, dict) else None
@@ -175,8 +232,52 @@ def _semantic_problems(document: Document) -> list[Problem]:
     return found
 
 
-def _model_refs(data: dict) -> list[tuple[PathKey, Any]]:
+def _tokenizer_problems(document: Document) -> list[Problem]:
+    """Token entries naming both or neither of token/token_id, and chat templates that are neither a
+    built-in name nor a plausible Jinja template (mergekit's rules, §1.8)."""
+    from mergehub.tokenizer import builtin_template_names, template_problem
+
+    data, found = document.data, []
+    block = data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else {}
+    tokens = block.get("tokens") if isinstance(block.get("tokens"), dict) else {}
+    for token, entry in tokens.items():
+        source = entry.get("source") if isinstance(entry, dict) else None
+        if isinstance(source, dict) and source.get("kind") == "model_token" and ("token" in source) == ("token_id" in source):
+            path = ("tokenizer", "tokens", token, "source")
+            found.append(Problem(f"the model_token source of '{token}' needs exactly one of 'token' and 'token_id'",
+                                 format_path(path), document.line_of(path),
+                                 "name the donor row by its token (token: '<s>') or by its id (token_id: 1)"))
+    template = data.get("chat_template")
+    if isinstance(template, str):
+        problem = template_problem(template)
+        if problem:
+            found.append(Problem(problem, "chat_template", document.line_of(("chat_template",)),
+                                 f"use auto, a built-in name ({', '.join(builtin_template_names())}), or the text "
+                                 "of a Jinja template (at least 20 characters, with {{ … }} or {% … %})"))
+    return found
+
+
+def _tokenizer_refs(data: dict) -> list[tuple[PathKey, Any]]:
+    """Model references in tokenizer_source and the tokenizer: block (not 'base' or 'union')."""
     refs: list[tuple[PathKey, Any]] = []
+    if isinstance(data.get("tokenizer_source"), (str, dict)) and data["tokenizer_source"] not in ("base", "union"):
+        refs.append((("tokenizer_source",), data["tokenizer_source"]))
+    block = data.get("tokenizer")
+    if not isinstance(block, dict):
+        return refs
+    if isinstance(block.get("source"), (str, dict)) and block["source"] not in ("base", "union"):
+        refs.append((("tokenizer", "source"), block["source"]))
+    for token, entry in (block.get("tokens") or {}).items() if isinstance(block.get("tokens"), dict) else []:
+        source = entry.get("source") if isinstance(entry, dict) else None
+        if isinstance(source, dict) and source.get("kind") == "model_token" and isinstance(source.get("model"), (str, dict)):
+            refs.append((("tokenizer", "tokens", token, "source", "model"), source["model"]))
+        elif isinstance(source, str) or (isinstance(source, dict) and "kind" not in source and "model" in source):
+            refs.append((("tokenizer", "tokens", token, "source"), source))
+    return refs
+
+
+def _model_refs(data: dict) -> list[tuple[PathKey, Any]]:
+    refs: list[tuple[PathKey, Any]] = _tokenizer_refs(data)
     if isinstance(data.get("base_model"), (str, dict)):
         refs.append((("base_model",), data["base_model"]))
     for i, entry in enumerate(data.get("models") or []):
@@ -222,12 +323,12 @@ def _build(document: Document, method: MethodSpec) -> Recipe:
             for i, sl in enumerate(data["slices"])
         ]
         syntax = "slices"
-    tokenizer = data.get("tokenizer_source")
+    tokenizer = _tokenizer_settings(data)
     recipe = Recipe(
         method=method, syntax=syntax, slices=slices, base_model=base, parameters=data.get("parameters") or {},
         dtype=normalize_dtype(data.get("dtype")), out_dtype=normalize_dtype(data.get("out_dtype")), document=document,
-        tokenizer_source=tokenizer if tokenizer in (None, "base", "union") else ModelRef.parse(tokenizer),
-        chat_template=data.get("chat_template"), name=data.get("name"),
+        tokenizer_source=tokenizer.source if tokenizer else None, chat_template=data.get("chat_template"),
+        name=data.get("name"), tokenizer=tokenizer,
     )
     ignored = method.ignored_params()
     for path, params in _parameter_blocks(data):
@@ -243,6 +344,24 @@ def _build(document: Document, method: MethodSpec) -> Recipe:
         for key in IGNORED_KEYS & set(sl):
             recipe.warnings.append(recipe.problem(("slices", i, key), f"'{key}' is accepted for compatibility but has no effect"))
     return recipe
+
+
+def _tokenizer_settings(data: dict) -> TokenizerSettings | None:
+    if "tokenizer_source" in data:
+        block: dict[str, Any] = {"source": data["tokenizer_source"]}
+        path: PathKey = ("tokenizer_source",)
+    elif "tokenizer" in data:
+        block, path = data["tokenizer"] or {}, ("tokenizer",)
+    else:
+        return None
+    source = block.get("source", "union")
+    tokens = {
+        str(token): TokenSetting(TokenSource.parse(entry["source"]) if (entry or {}).get("source") is not None else None,
+                                 bool((entry or {}).get("force", False)), path + ("tokens", token))
+        for token, entry in (block.get("tokens") or {}).items()
+    }
+    return TokenizerSettings(source if source in ("base", "union") else ModelRef.parse(source), tokens,
+                             block.get("pad_to_multiple_of"), path)
 
 
 def _parameter_blocks(data: dict) -> list[tuple[PathKey, dict]]:

@@ -23,6 +23,7 @@ from mergehub.errors import MergehubError
 from mergehub.estimate import peak_bytes
 from mergehub.plan import OutputTensor, Plan
 from mergehub.specs import MergeInputs, import_object
+from mergehub.vocab import padding_means, read_aligned
 
 Progress = Callable[[OutputTensor], None]
 
@@ -69,6 +70,7 @@ class Executor:
         self.merge = method.load()
         self.kind = method.blocks
         self.factory = import_object(self.kind) if ":" in self.kind else None
+        self.means: dict[str, list[torch.Tensor]] = {}  # padding rows of the vocabulary tensor being computed
 
     def ranges(self, spec: OutputTensor) -> list[tuple[int, int]] | None:
         """Row blocks for ``spec``; None means "read it whole" (it fits, or cannot be split)."""
@@ -76,9 +78,32 @@ class Executor:
 
     def load(self, spec: OutputTensor, rows: tuple[int, int] | None) -> list[torch.Tensor]:
         readers = [self.plan.models[i.model].reader for i in spec.inputs]
+        if spec.vocab is not None:
+            return self.load_aligned(spec, rows or (0, spec.shape[0]))
         if rows is None:
             return [r.read(i.name) for r, i in zip(readers, spec.inputs)]
         return [r.read_rows(i.name, *rows) for r, i in zip(readers, spec.inputs)]
+
+    def load_aligned(self, spec: OutputTensor, rows: tuple[int, int]) -> list[torch.Tensor]:
+        """Rows of the inputs rebuilt for the output vocabulary, reading only the model rows they need."""
+        assert spec.vocab is not None
+        readers = [self.plan.models[i.model].reader for i in spec.inputs]
+        names = [i.name for i in spec.inputs]
+        targets = [dtypes.to_torch(spec.work_dtype or d) for d in spec.in_dtypes]
+        common = dtypes.to_torch(spec.work_dtype or dtypes.promote(spec.in_dtypes))
+
+        def block(start: int, stop: int, padding: Any = None) -> list[torch.Tensor]:
+            return read_aligned(spec.vocab, readers, names, targets, common, start, stop, padding)  # type: ignore[arg-type]
+
+        def means() -> list[torch.Tensor]:
+            if spec.name not in self.means:
+                self.means.clear()  # only the tensor being computed needs them
+                real = spec.vocab.real  # type: ignore[union-attr]
+                ranges = [(a, min(b, real)) for a, b in self.ranges(spec) or [(0, real)] if a < real]
+                self.means[spec.name] = padding_means(block, ranges, targets)
+            return self.means[spec.name]
+
+        return block(*rows, means if spec.vocab.padded else None)
 
     def inputs(self, spec: OutputTensor, rows: tuple[int, int] | None, tensors: list[torch.Tensor]) -> MergeInputs:
         work = dtypes.to_torch(spec.work_dtype or dtypes.promote(spec.in_dtypes))

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from mergehub import __version__
+from mergehub.models import ModelInfo
 from mergehub.plan import Plan
 from mergehub.registry import Registry
 
@@ -28,6 +29,14 @@ def directory_fingerprint(directory: Path) -> str:
     return digest.hexdigest()
 
 
+def model_fingerprint(model: ModelInfo) -> str:
+    """A model directory's fingerprint, and its LoRA adapter's when it has one."""
+    parts = [directory_fingerprint(model.directory)]
+    if model.adapter_directory is not None:
+        parts.append(directory_fingerprint(model.adapter_directory))
+    return ":".join(parts)
+
+
 def stage_fingerprint(plan: Plan, registry: Registry, seed: int | None, inputs: dict[str, str]) -> str:
     """``inputs`` maps input paths produced by earlier stages to their fingerprints."""
     method = plan.recipe.method
@@ -37,7 +46,7 @@ def stage_fingerprint(plan: Plan, registry: Registry, seed: int | None, inputs: 
         "recipe": plan.recipe.document.data,
         "method": [plugin.distribution, plugin.version],
         "seed": seed if method.randomized else None,
-        "inputs": {str(m.ref): inputs.get(m.ref.path) or directory_fingerprint(m.directory) for m in plan.models},
+        "inputs": {str(m.ref): inputs.get(m.ref.path) or model_fingerprint(m) for m in plan.models},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -12,12 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from mergehub import lora, lorareader
 from mergehub.config import ModelRef
 from mergehub.errors import MergehubError
 from mergehub.registry import Registry
 
-#: Files a merge needs from a Hub repository.
-HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+#: Files a merge needs from a Hub model repository, besides the weights.
+HUB_PATTERNS = ["*.json", "tokenizer.model", "*.jinja", "*.txt"]
+#: The weights, by preference: like mergekit, safetensors if the repo has any, else PyTorch .bin
+#: (whose index, a .json, comes with HUB_PATTERNS).
+WEIGHT_PATTERNS = (["*.safetensors"], ["pytorch_model*.bin"])
+#: The same for a PEFT adapter repository.
+ADAPTER_PATTERNS = [lora.CONFIG]
+ADAPTER_WEIGHT_PATTERNS = tuple([name] for name in lora.WEIGHTS)
 
 
 @dataclass(frozen=True)
@@ -32,12 +39,17 @@ class TensorReader(Protocol):
     def tensor_names(self) -> list[str]: ...
     def header(self, name: str) -> TensorHeader: ...
     def read(self, name: str) -> Any: ...
+    def read_rows(self, name: str, start: int, stop: int) -> Any: ...
     def close(self) -> None: ...
 
 
 @dataclass
 class ModelInfo:
-    """One input model: where it lives, its config and a lazily opened tensor reader."""
+    """One input model: where it lives, its config and a lazily opened tensor reader.
+
+    With a LoRA adapter (``ref.lora``), ``adapter_directory`` is where the adapter lives and the
+    reader is the base's with the adapter applied as tensors are read (:class:`~mergehub.lorareader.LoraReader`).
+    """
 
     ref: ModelRef
     directory: Path
@@ -45,11 +57,15 @@ class ModelInfo:
     registry: Registry
     _reader: TensorReader | None = field(default=None, repr=False)
     planned: bool = False  # a stage output described by its plan: nothing to open or close
+    adapter_directory: Path | None = None
 
     @property
     def reader(self) -> TensorReader:
         if self._reader is None:
-            self._reader = open_reader(self.directory, self.registry)
+            reader = open_reader(self.directory, self.registry)
+            if self.adapter_directory is not None:
+                reader = with_adapter(reader, self.adapter_directory, adapter_label(self.ref))
+            self._reader = reader
         return self._reader
 
     @property
@@ -66,39 +82,82 @@ class ModelInfo:
 
 
 def locate(ref: ModelRef) -> Path:
-    """A local directory, else a Hugging Face Hub snapshot (honours HF_HOME, HF_HUB_OFFLINE)."""
-    if ref.lora:
-        raise MergehubError(
-            f"LoRA model references are not supported yet: {ref}",
-            hint="merge the adapter into its base first (PEFT merge_and_unload), then reference that directory",
-        )
-    local = Path(ref.path).expanduser()
+    """The base model's directory: a local directory, else a Hugging Face Hub snapshot.
+
+    huggingface_hub itself honours HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE and the usual tokens.
+    """
+    return _resolve(ref.path, ref.revision, "model", HUB_PATTERNS, WEIGHT_PATTERNS)
+
+
+def locate_adapter(ref: ModelRef) -> Path:
+    """The LoRA adapter's directory (``ref.lora``), found the same way as a model."""
+    assert ref.lora is not None
+    return _resolve(ref.lora, ref.lora_revision, "LoRA adapter", ADAPTER_PATTERNS, ADAPTER_WEIGHT_PATTERNS)
+
+
+def adapter_label(ref: ModelRef) -> str:
+    """How errors name the adapter of ``ref``: ``'path'`` or ``'org/name@revision'``."""
+    return f"'{ref.lora}" + (f"@{ref.lora_revision}'" if ref.lora_revision else "'")
+
+
+def with_adapter(base: TensorReader, directory: Path, label: str) -> TensorReader:
+    """``base`` with the adapter in ``directory`` applied; both are closed again if they do not fit."""
+    adapter = None
+    try:
+        adapter = lora.Adapter(directory, label)
+        return lorareader.LoraReader(base, adapter)
+    except BaseException:
+        if adapter is not None:
+            adapter.close()
+        base.close()
+        raise
+
+
+def _resolve(path: str, revision: str | None, kind: str, patterns: list[str],
+             weights: tuple[list[str], ...]) -> Path:
+    local = Path(path).expanduser()
     if local.is_dir():
         return local
     if local.exists():
-        raise MergehubError(f"model path {ref.path} is a file, not a directory", hint="point at the model's directory")
-    if ref.path.startswith((".", "/", "~")) or ref.path.count("/") != 1:
+        raise MergehubError(f"{kind} path {path} is a file, not a directory", hint="point at its directory")
+    if path.startswith((".", "/", "~")) or path.count("/") != 1:
         raise MergehubError(
-            f"model directory not found: {ref.path}",
+            f"{kind} directory not found: {path}",
             hint="check the path (relative paths are relative to the current directory), or use a Hub id org/name",
         )
-    return _hub_snapshot(ref)
+    return _hub_snapshot(path, revision, kind, patterns, weights)
 
 
-def _hub_snapshot(ref: ModelRef) -> Path:
+def _hub_snapshot(repo: str, revision: str | None, kind: str, patterns: list[str],
+                  weights: tuple[list[str], ...]) -> Path:
+    """Download (or find in the cache) only what a merge needs, with the first kind of weights the repo has.
+
+    Each kind of weights is tried in turn until one came back. huggingface_hub filters the
+    repo's file list by the patterns online, and answers from its cache offline, so the same
+    test works both ways.
+    """
+    for files in weights:
+        folder = _snapshot(repo, revision, kind, patterns + files)
+        if any(any(folder.glob(pattern)) for pattern in files):
+            return folder
+    return folder
+
+
+def _snapshot(repo: str, revision: str | None, kind: str, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    name = repo + (f"@{revision}" if revision else "")
     try:
-        return Path(snapshot_download(ref.path, revision=ref.revision, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
     except LocalEntryNotFoundError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE")
         raise MergehubError(
-            f"model '{ref}' is neither a local directory nor in the Hugging Face cache" + (" (offline mode)" if offline else ""),
+            f"{kind} '{name}' is neither a local directory nor in the Hugging Face cache" + (" (offline mode)" if offline else ""),
             hint="check the name, download it first (huggingface-cli download), or unset HF_HUB_OFFLINE",
         ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise MergehubError(f"cannot fetch model '{ref}' from the Hugging Face Hub: {exc}",
+        raise MergehubError(f"cannot fetch {kind} '{name}' from the Hugging Face Hub: {exc}",
                             hint="check the id and revision, and your token for gated models") from exc
 
 
@@ -130,5 +189,10 @@ def open_reader(directory: Path, registry: Registry) -> TensorReader:
 
 
 def load_model(ref: ModelRef, registry: Registry) -> ModelInfo:
+    """Find the model (and its adapter); a LoRA input's adapter is checked against the base right away."""
     directory = locate(ref)
-    return ModelInfo(ref=ref, directory=directory, config=read_config(directory), registry=registry)
+    info = ModelInfo(ref=ref, directory=directory, config=read_config(directory), registry=registry,
+                     adapter_directory=locate_adapter(ref) if ref.lora else None)
+    if ref.lora:
+        info.reader  # noqa: B018 -- opens base and adapter: a mismatch is reported while planning
+    return info

@@ -11,19 +11,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections import Counter
 from pathlib import Path
 
 from mergehub import __version__
 from mergehub.blocks import DEFAULT_MAX_MEMORY
 from mergehub.errors import MergehubError
 from mergehub.executor import Executor, Progress, weight_map
-from mergehub.models import ModelInfo
 from mergehub.plan import Plan
 
 TOKENIZER_FILES = [
     "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "added_tokens.json",
-    "merges.txt", "vocab.json", "chat_template.jinja", "chat_template.json",
+    "merges.txt", "vocab.json", "chat_template.jinja", "chat_template.json", "generation_config.json",
+    "video_preprocessor_config.json",
 ]
 INDEX = "model.safetensors.index.json"
 
@@ -38,15 +37,7 @@ def check_output(out: Path, force: bool) -> None:
 
 
 def check_supported(plan: Plan) -> None:
-    """Recipe features that are validated but whose execution is not available yet."""
-    recipe = plan.recipe
-    if recipe.tokenizer_source == "union" or "tokenizer" in recipe.document.data:
-        raise MergehubError("building a union tokenizer is not supported yet",
-                            hint="use tokenizer_source: base, or name the model whose tokenizer to copy")
-    template = recipe.chat_template
-    if template and template != "auto" and "{" not in template:
-        raise MergehubError(f"chat_template '{template}' is neither 'auto' nor a Jinja template",
-                            hint="paste the template text (it contains '{{'), or use auto")
+    """Recipe features that are validated but whose execution is not available (none at the moment)."""
 
 
 def write_model(plan: Plan, out: Path, backend: object, *, force: bool, shard_size: int, seed: int | None,
@@ -85,45 +76,28 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def tokenizer_donor(plan: Plan) -> ModelInfo:
-    source = plan.recipe.tokenizer_source
-    if source not in (None, "base", "union"):
-        return next(m for m in plan.models if m.ref == source)
-    return plan.donor
-
-
 def copy_tokenizer(plan: Plan, tmp: Path) -> None:
-    donor = tokenizer_donor(plan)
-    for name in TOKENIZER_FILES + ["generation_config.json"]:
-        if (donor.directory / name).is_file():
-            shutil.copyfile(donor.directory / name, tmp / name)
-    template = plan.recipe.chat_template
-    if template == "auto":
-        template = _most_common_template(plan.models)
-    if template:
-        (tmp / "chat_template.jinja").write_text(template)
-        config_path = tmp / "tokenizer_config.json"
-        if config_path.is_file():  # the .jinja file must win over an embedded template
-            config = json.loads(config_path.read_text())
-            if config.pop("chat_template", None) is not None:
-                config_path.write_text(json.dumps(config, indent=2) + "\n")
+    """The output tokenizer, as mergekit writes it (§6.2).
 
+    A built tokenizer (tokenizer_source / tokenizer:) is saved with save_pretrained. Otherwise the
+    donor's files are copied as they are, generation_config.json included, unless a chat_template
+    is set or the donor lacks tokenizer.json/tokenizer.model: then its tokenizer is loaded and saved
+    again with transformers, with the template (and without generation_config.json).
+    """
+    from mergehub import tokenizer
 
-def _most_common_template(models: list[ModelInfo]) -> str | None:
-    templates = [t for t in (_template_of(m.directory) for m in models) if t]
-    return Counter(templates).most_common(1)[0][0] if templates else None
-
-
-def _template_of(directory: Path) -> str | None:
-    if (directory / "chat_template.jinja").is_file():
-        return (directory / "chat_template.jinja").read_text()
-    config = directory / "tokenizer_config.json"
-    if config.is_file():
-        value = json.loads(config.read_text()).get("chat_template")
-        if isinstance(value, list):  # named templates: use the default one
-            value = next((t.get("template") for t in value if t.get("name") == "default"), None)
-        return value if isinstance(value, str) else None
-    return None
+    template = plan.chat_template
+    if plan.vocab is not None:
+        tokenizer.save_tokenizer(plan.vocab.tokenizer, tmp, template)
+        return
+    donor = plan.donor.directory
+    complete = (donor / "tokenizer_config.json").is_file() and any((donor / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
+    if (plan.recipe.chat_template is None and complete) or not tokenizer.reserialize(donor, tmp, template):
+        for name in TOKENIZER_FILES:
+            if (donor / name).is_file():
+                shutil.copyfile(donor / name, tmp / name)
+        if template is not None:  # the donor's tokenizer did not load: still write the template beside its files
+            tokenizer.write_template(tmp, template)
 
 
 def write_card(plan: Plan, tmp: Path, title: str) -> None:

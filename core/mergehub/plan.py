@@ -21,6 +21,8 @@ from mergehub.models import ModelInfo, load_model
 from mergehub.params import UNSET, layer_position, resolve
 from mergehub.paramcheck import ParamChecker
 from mergehub.registry import Registry
+from mergehub.vocab import (OutputVocab, RowsPlan, TokenError, VocabRows, inferred_vocab_axis, plan_rows, set_vocab_size,
+                            unknown_tokens_warning)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class OutputTensor:
     in_dtypes: list[str]
     work_dtype: str | None
     out_dtype: str
+    vocab: VocabRows | None = None  # set when the rows are aligned to the output tokenizer
 
     @property
     def nbytes(self) -> int:
@@ -61,6 +64,8 @@ class Plan:
     num_layers: int
     config: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    vocab: OutputVocab | None = None  # the output tokenizer, when the recipe asks for one
+    chat_template: str | None = None  # the template text to write, resolved from the recipe
 
     @property
     def donor(self) -> ModelInfo:
@@ -94,6 +99,9 @@ class Planner:
         self.checker = ParamChecker(recipe.method)
         self.method_check = recipe.method.load_check()
         self.broken: set[int] = set()  # slices whose ranges are wrong: their layers are not planned
+        self.vocab: OutputVocab | None = None
+        self.unknown_tokens: set[str] = set()  # tokens no model has: zero rows
+        self.vocab_warnings: list[str] = []
 
     def fail_if_problems(self) -> None:
         if self.problems:
@@ -116,21 +124,82 @@ class Planner:
         self.names = [set(m.reader.tensor_names()) for m in models]
         layout, warnings = resolve_layout(models, self.registry, self.allow_crimes)
         self.layout = layout
+        self.vocab = self.build_vocab()
+        self.fail_if_problems()
         slices = self.complete_slices()
         for i, slice_ in enumerate(slices):
             check_contract(self, slice_, self.slice_base(slice_), i)
         tensors = self.expand(slices)  # skips the layers of broken slices, so later problems still show
         self.fail_if_problems()
         num_layers = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in slices)  # type: ignore[index]
-        plan = Plan(self.recipe, models, layout, tensors, num_layers, {}, warnings)
+        template = self.chat_template()
+        plan = Plan(self.recipe, models, layout, tensors, num_layers, {}, warnings + self.vocab_warnings, self.vocab,
+                    template)
         plan.config = output_config(plan)
-        plan.warnings += self.unused_tensor_warnings(tensors)
+        plan.warnings += self.unused_tensor_warnings(tensors) + unknown_tokens_warning(self.unknown_tokens)
         return plan
+
+    # -- tokenizer and chat template ---------------------------------------------------
+    def build_vocab(self) -> OutputVocab | None:
+        """The output tokenizer and the models' permutations (tokenizer base: models[0], the donor)."""
+        settings = self.recipe.tokenizer
+        if settings is None:
+            return None
+        from mergehub.tokenizer import build_output_vocab
+
+        try:
+            return build_output_vocab(settings, self.models, self.vocab_warnings.append)
+        except MergehubError as exc:
+            self.add(settings.source_path, exc.message, exc.hint)
+            return None
+
+    def chat_template(self) -> str | None:
+        from mergehub.tokenizer import plan_template
+
+        template, warning = plan_template(self.recipe.chat_template, self.models, self.vocab is not None)
+        self.vocab_warnings += [warning] if warning else []
+        return template
+
+    def vocab_axis(self, weight: WeightDef, headers: list[Any], inputs: list[InputTensor]) -> int | None:
+        """The axis to align, when the recipe builds a tokenizer (for inferred layouts: guessed)."""
+        if self.vocab is None:
+            return None
+        if weight.vocab_axis is not None or self.layout.inferred_layers is None or "{layer}" in weight.name:
+            return weight.vocab_axis
+        return inferred_vocab_axis([h.shape for h in headers], [self.models[i.model].config for i in inputs])
+
+    def aligned_shape(self, out_name: str, axis: int, slice_: Slice, sources: list[Source], inputs: list[InputTensor],
+                      headers: list[Any]) -> tuple[tuple[int, ...], VocabRows] | None:
+        """The output shape of a vocabulary tensor and where its rows come from (None: a problem was added)."""
+        assert self.vocab is not None
+        if axis != 0:
+            self.add(self.recipe.tokenizer.path, f"cannot align {out_name}: its vocabulary axis is {axis}, and only "  # type: ignore[union-attr]
+                     "axis 0 (one row per token) can be aligned", "this architecture definition is not supported with "
+                     "tokenizer alignment", key=("axis", out_name))
+            return None
+        if len({tuple(h.shape[1:]) for h in headers}) > 1:
+            listing = ", ".join(f"{s.model} {tuple(h.shape)}" for s, h in zip(sources, headers))
+            self.add(slice_.path, f"tensor {out_name} has different shapes beyond the vocabulary axis: {listing}",
+                     "these models do not have the same shapes; they cannot be merged", key=("shape", out_name))
+            return None
+        base_ref = self.slice_base(slice_)
+        request = RowsPlan([i.model for i in inputs], [h.shape[0] for h in headers],
+                           next((j for j, s in enumerate(sources) if s.model == base_ref), None), [s.model for s in sources])
+        try:
+            rows = plan_rows(self.vocab, request)
+        except TokenError as exc:
+            self.add(exc.path, exc.message, exc.hint, key=("token", exc.message))
+            return None
+        self.unknown_tokens |= request.unknown
+        return (self.vocab.size, *headers[0].shape[1:]), rows
 
     def load_models(self) -> list[ModelInfo]:
         models, paths = [], self.ref_paths()
         for ref in self.recipe.models():
             if ref.path in self.planned:
+                if ref.lora:  # the stage's tensors do not exist yet, so there is nothing to apply it to
+                    self.add(paths[ref], f"a LoRA adapter cannot be applied to the stage output '{ref.path}'",
+                             "apply the adapter to a model inside that stage instead")
                 models.append(self.planned[ref.path])
                 continue
             try:
@@ -239,18 +308,28 @@ class Planner:
             if problem:
                 self.add(slice_.path, f"{out_name}: {problem}", key=("check", problem))
         headers = [self.models[i.model].reader.header(i.name) for i in inputs]
-        if len({h.shape for h in headers}) > 1:
+        axis = self.vocab_axis(weight, headers, inputs)
+        rows: VocabRows | None = None
+        if axis is not None:
+            aligned = self.aligned_shape(out_name, axis, slice_, sources, inputs, headers)
+            if aligned is None:
+                return
+            shape, rows = aligned
+        elif len({h.shape for h in headers}) > 1:
             listing = ", ".join(f"{s.model} {tuple(h.shape)}" for s, h in zip(sources, headers))
-            hint = ("the models have different vocabulary sizes; merge models that share a tokenizer"
+            hint = ("the models have different vocabulary sizes: set tokenizer_source: union (or base) to align "
+                    "their vocabularies, or merge models that share a tokenizer"
                     if weight.vocab_axis is not None else "these models do not have the same shapes; they cannot be merged")
             self.add(slice_.path, f"tensor {out_name} has different shapes: {listing}", hint, key=("shape", out_name))
             return
+        else:
+            shape = tuple(headers[0].shape)
         in_dtypes = [h.dtype for h in headers]
         floating = all(d in dtypes.FLOATING for d in in_dtypes)
         recipe = self.recipe
         out_dtype = weight.force_dtype or ((recipe.out_dtype or recipe.dtype or dtypes.promote(in_dtypes)) if floating else in_dtypes[0])
-        out.append(OutputTensor(out_name, inputs, base, params, shared, tuple(headers[0].shape), in_dtypes,
-                                recipe.dtype if floating else None, out_dtype))
+        out.append(OutputTensor(out_name, inputs, base, params, shared, shape, in_dtypes,
+                                recipe.dtype if floating else None, out_dtype, rows))
 
     def model_params(self, slice_: Slice, source: Source, tensor: str, t: float, is_base: bool) -> dict[str, Any]:
         method = self.recipe.method
@@ -341,6 +420,8 @@ def output_config(plan: Plan) -> dict[str, Any]:
         keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["dtype"]
         for key in keys:
             config[key] = out_dtype
+    if plan.vocab is not None:
+        set_vocab_size(config, plan.vocab.size)
     if layout.tie_key:
         tied_defs = [w for w in layout.pre + layout.post if w.tied_to]
         if tied_defs:

@@ -67,6 +67,43 @@ MODEL_REF: dict[str, Any] = {
 }
 
 
+TOKEN_SOURCE: dict[str, Any] = {
+    "description": "the row a model lacking the token (or every model, with force) gets",
+    "anyOf": [
+        MODEL_REF,
+        {"type": "object", "additionalProperties": False, "required": ["kind"],
+         "properties": {"kind": {"const": "zero"}}},
+        {"type": "object", "additionalProperties": False, "required": ["kind", "model"],
+         "properties": {"kind": {"const": "model_token"}, "model": MODEL_REF,
+                        "token": {"type": "string", "description": "the donor row's token in that model's vocabulary"},
+                        "token_id": {"type": "integer", "minimum": 0, "description": "the donor row's index"}}},
+    ],
+}
+
+TOKENIZER: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "build the output tokenizer and align the vocabulary tensors (cannot be combined with tokenizer_source)",
+    "properties": {
+        "source": {"description": "union (default), base, or a model whose tokenizer to use",
+                   "anyOf": [{"enum": ["base", "union"]}, MODEL_REF]},
+        "tokens": {
+            "type": "object",
+            "description": "per-token settings, keyed by the token's text; a token missing from the tokenizer is added",
+            "additionalProperties": {
+                "type": ["object", "null"],
+                "additionalProperties": False,
+                "properties": {"source": TOKEN_SOURCE,
+                               "force": {"type": "boolean", "default": False,
+                                         "description": "every model takes the default row, even one that has the token"}},
+            },
+        },
+        "pad_to_multiple_of": {"type": "integer", "minimum": 1,
+                               "description": "round the vocabulary up to a multiple of this; padding rows are the mean row"},
+    },
+}
+
+
 def recipe_schema(method: MethodSpec | None = None, methods: list[str] | None = None) -> dict[str, Any]:
     """The recipe schema; specialised to ``method``'s parameters when given."""
     params = parameters_schema(method)
@@ -117,13 +154,13 @@ def recipe_schema(method: MethodSpec | None = None, methods: list[str] | None = 
             "parameters": params,
             "dtype": dtype,
             "out_dtype": dtype,
-            "tokenizer_source": {"anyOf": [{"enum": ["base", "union"]}, MODEL_REF]},
-            "tokenizer": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {"source": {"anyOf": [{"enum": ["base", "union"]}, MODEL_REF]}, "tokens": {"type": "object"}, "pad_to_multiple_of": {"type": "integer", "minimum": 1}},
-            },
-            "chat_template": {"type": "string", "minLength": 1},
+            "tokenizer_source": {"description": "build the output tokenizer and align the vocabulary tensors: "
+                                 "base, union, or a model whose tokenizer to use",
+                                 "anyOf": [{"enum": ["base", "union"]}, MODEL_REF]},
+            "tokenizer": TOKENIZER,
+            "chat_template": {"type": "string", "minLength": 1,
+                              "description": "auto (the models' most common template), a built-in name "
+                                             "(alpaca, chatml, exaone, llama3, mistral) or a Jinja template"},
         },
     }
 

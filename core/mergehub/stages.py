@@ -40,6 +40,7 @@ class PlannedReader:
     """Headers of a stage output that does not exist yet, taken from its plan."""
 
     def __init__(self, plan: Plan):
+        self.plan = plan  # what the stage will write, its tokenizer included
         self.headers = {t.name: TensorHeader(t.out_dtype, t.shape) for t in plan.tensors}
 
     def tensor_names(self) -> list[str]:
@@ -128,7 +129,7 @@ def _with_path(value: Any, path: str) -> Any:
         value["model"] = {**model, "path": path} if isinstance(model, dict) else _with_path(model, path)
         return value
     ref = ModelRef.parse(value)
-    return str(ModelRef(path, None, ref.lora))
+    return str(ModelRef(path, None, ref.lora, lora_revision=ref.lora_revision))
 
 
 def _set(data: Any, path: PathKey, value: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,13 @@ import pytest
 
 
 def build_tiny_model(path: Path | str, *, arch: str = "llama", layers: int = 2, tied: bool = False, seed: int = 0,
-                     vocab: int = 64, hidden: int = 16, dtype: str = "float32", tokenizer: bool = False) -> Path:
-    """Save a tiny randomly initialised causal LM with transformers' own save_pretrained."""
+                     vocab: int = 64, hidden: int = 16, dtype: str = "float32", tokenizer: bool = False,
+                     words: Sequence[str] | None = None, added: Sequence[str] = ()) -> Path:
+    """Save a tiny randomly initialised causal LM with transformers' own save_pretrained.
+
+    ``words`` and ``added`` (which imply ``tokenizer``) give the tokenizer its own vocabulary, as
+    :func:`write_tiny_tokenizer` describes.
+    """
     import torch
     import transformers
 
@@ -37,20 +42,28 @@ def build_tiny_model(path: Path | str, *, arch: str = "llama", layers: int = 2, 
     model = model.to(getattr(torch, dtype))
     path = Path(path)
     model.save_pretrained(path)
-    if tokenizer:
-        write_tiny_tokenizer(path, vocab)
+    if tokenizer or words is not None or added:
+        write_tiny_tokenizer(path, vocab, words, added)
     return path
 
 
-def write_tiny_tokenizer(path: Path, vocab: int) -> None:
-    """A word-level fast tokenizer over ``vocab`` tokens, saved with transformers."""
+def write_tiny_tokenizer(path: Path, vocab: int, words: Sequence[str] | None = None, added: Sequence[str] = ()) -> None:
+    """A word-level fast tokenizer, saved with transformers.
+
+    By default its tokens are ``<unk> <s> </s> w3 … w<vocab-1>``. With ``words`` they are ``<unk> <s> </s>``
+    then ``words`` (ids from 3; fewer or more than ``vocab``), so two models can share some tokens at
+    different ids; ``added`` are special tokens appended after them.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, vocab)}
-    backend = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    names = list(words) if words is not None else [f"w{i}" for i in range(3, vocab)]
+    table = {"<unk>": 0, "<s>": 1, "</s>": 2} | {word: i for i, word in enumerate(names, start=3)}
+    backend = Tokenizer(models.WordLevel(vocab=table, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    if added:
+        fast.add_tokens(list(added), special_tokens=True)
     fast.save_pretrained(path)
 
 
@@ -133,6 +146,29 @@ def forward_pass(directory: Path) -> Any:
         logits = model(torch.tensor([[1, 5, 7, 9]])).logits
     assert torch.isfinite(logits).all()
     return logits
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def populate_hub_cache(cache: Path, repo_id: str, source: Path, revision: str = "main",
+                       commit: str = HUB_COMMIT) -> Path:
+    """Lay ``source``'s files out as huggingface_hub caches a download of ``repo_id`` (refs + snapshot).
+
+    Point ``HF_HUB_CACHE`` at ``cache`` and set ``HF_HUB_OFFLINE=1`` to resolve ``repo_id`` (or
+    ``repo_id@revision``) through the real huggingface_hub code path without a network. Works for
+    any model repository: full models and LoRA adapters alike. Returns the snapshot directory.
+    """
+    import shutil
+
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in Path(source).iterdir():
+        shutil.copy(file, snapshot / file.name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return snapshot
 
 
 def check_definition(definition: dict[str, Any], checkpoint: Path) -> set[str]:

@@ -1,0 +1,341 @@
+"""The output tokenizer (``tokenizer_source`` / ``tokenizer:``) and the chat template, with transformers.
+
+mergekit's rules (reference §1.7, §1.8): the tokenizer *base* is ``base_model``, else the first model
+in recipe order (deterministic, unlike mergekit's set order). Its fast tokenizer is stripped of the
+tokens whose id is at or above its config's ``vocab_size`` (they have no embedding row). ``base`` uses
+it as is; ``union`` adds the normal tokens other models have and it lacks, then their added and
+special tokens (the first settings seen win); a model reference uses that model's tokenizer, not
+stripped. Tokens named under ``tokens:`` are added when missing. A model whose tokenizer cannot be
+loaded is taken to have the base's vocabulary, with a warning. (mergekit strips only BPE tokenizers;
+WordLevel, WordPiece and Unigram ones are stripped here too.)
+
+transformers is imported only when a recipe asks for a tokenizer or a chat template, so
+``mergehub validate`` of other recipes stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mergehub.config import ModelRef, TokenizerSettings
+from mergehub.errors import MergehubError, did_you_mean
+from mergehub.vocab import OutputVocab, vocab_size_of
+
+Warn = Callable[[str], None]
+
+#: Files whose presence means a directory holds a tokenizer worth trying to load.
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "tekken.json")
+#: A value shorter than this, without newline or '{', may name a built-in template (mergekit's rule).
+NAME_LIMIT = 256
+#: A literal template must be at least this long and contain '{'.
+LITERAL_MINIMUM = 20
+
+
+# -- chat templates ------------------------------------------------------------------------------
+def _templates() -> Any:
+    return resources.files("mergehub").joinpath("templates")
+
+
+def builtin_template_names() -> list[str]:
+    return sorted(p.name.removesuffix(".jinja") for p in _templates().iterdir() if p.name.endswith(".jinja"))
+
+
+def builtin_template(value: str) -> str | None:
+    """The text of the built-in template ``value`` names, or None when it names none."""
+    if len(value) >= NAME_LIMIT or "\n" in value or "{" in value or value not in builtin_template_names():
+        return None
+    return _templates().joinpath(f"{value}.jinja").read_text(encoding="utf-8")
+
+
+def template_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable ``chat_template`` (None when it is)."""
+    if value == "auto" or builtin_template(value) is not None:
+        return None
+    if len(value) >= LITERAL_MINIMUM and "{" in value:
+        return None
+    suggestion = did_you_mean(value, builtin_template_names() + ["auto"]) if "{" not in value else None
+    return (f"chat_template {value!r} is neither auto, a built-in template nor a Jinja template"
+            + (f" ({suggestion})" if suggestion else ""))
+
+
+def template_of(directory: Path) -> str | None:
+    """A model's own chat template (chat_template.jinja, chat_template.json or tokenizer_config.json)."""
+    if (directory / "chat_template.jinja").is_file():
+        return (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        try:
+            value = json.loads((directory / name).read_text(encoding="utf-8")).get("chat_template")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, list):  # named templates: use the default one
+            value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def resolve_template(value: str | None, directories: list[Path]) -> str | None:
+    """The template text to write: auto = the most common among ``directories`` (first on a tie)."""
+    if value is None:
+        return None
+    if value == "auto":
+        templates = [t for t in (template_of(d) for d in directories) if t]
+        return Counter(templates).most_common(1)[0][0] if templates else None
+    return builtin_template(value) or value
+
+
+def plan_template(value: str | None, models: list[Any], builds_tokenizer: bool) -> tuple[str | None, str | None]:
+    """The template text to write, and a warning when it cannot be (the donor, ``models[0]``, has no tokenizer)."""
+    template = resolve_template(value, [m.directory for m in models])
+    donor = models[0]
+    if template is None or builds_tokenizer or donor.planned:
+        return template, None
+    if any((donor.directory / name).is_file() for name in TOKENIZER_MARKERS):
+        return template, None
+    return template, f"{donor.ref} has no tokenizer, so the chat template is written without one"
+
+
+# -- loading -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """transformers' own warnings (about its defaults) would drown ours."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def load_tokenizer(directory: Path) -> Any | None:
+    """The fast tokenizer saved in ``directory``, or None when there is none that loads."""
+    if not any((directory / name).is_file() for name in TOKENIZER_MARKERS):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        with _quiet():
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True, trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - transformers raises many kinds; every one means "no tokenizer here"
+        return None
+    return tokenizer if getattr(tokenizer, "backend_tokenizer", None) is not None else None
+
+
+def tokenizer_of(model: Any) -> Any | None:
+    """A model's tokenizer; for a stage output not written yet, the tokenizer its plan will write."""
+    if getattr(model, "planned", False):
+        plan = getattr(model.reader, "plan", None)
+        if plan is None:
+            return None
+        if plan.vocab is not None:
+            return plan.vocab.tokenizer
+        return tokenizer_of(plan.donor)
+    return load_tokenizer(model.directory)
+
+
+def _clone(tokenizer: Any, edit: Callable[[Path], None] | None = None) -> Any:
+    """A fresh copy of ``tokenizer`` (saved and loaded again), optionally with its files edited in between."""
+    from transformers import AutoTokenizer
+
+    files = tempfile.TemporaryDirectory(prefix="mergehub-tokenizer-")
+    with _quiet():
+        tokenizer.save_pretrained(files.name)
+        if edit is not None:
+            edit(Path(files.name))
+        clone = AutoTokenizer.from_pretrained(files.name, use_fast=True, trust_remote_code=False)
+    # a tokenizer may read its files again when saved (a sentencepiece model): keep them while it lives
+    clone._mergehub_files = files
+    return clone
+
+
+def strip_tokenizer(tokenizer: Any, limit: int | None, who: str) -> Any:
+    """``tokenizer`` without the tokens whose id is ``limit`` or more (a copy when anything goes)."""
+    if limit is None or max(tokenizer.get_vocab().values(), default=-1) < limit:
+        return tokenizer
+
+    def edit(directory: Path) -> None:
+        path = directory / "tokenizer.json"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        _strip_model(data["model"], limit, who)
+        data["added_tokens"] = [t for t in data.get("added_tokens") or [] if t["id"] < limit]
+        path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        config_path = directory / "tokenizer_config.json"
+        if config_path.is_file():  # older tokenizer configs list the added tokens again
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            decoder = config.get("added_tokens_decoder")
+            if isinstance(decoder, dict):
+                config["added_tokens_decoder"] = {k: v for k, v in decoder.items() if int(k) < limit}
+                config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    return _clone(tokenizer, edit)
+
+
+def _strip_model(model: dict[str, Any], limit: int, who: str) -> None:
+    kind = model.get("type")
+    if kind == "Unigram":  # ids are positions in the list
+        model["vocab"] = model["vocab"][:limit]
+        if isinstance(model.get("unk_id"), int) and model["unk_id"] >= limit:
+            model["unk_id"] = None
+        return
+    if kind not in ("BPE", "WordLevel", "WordPiece"):
+        raise MergehubError(f"cannot remove the tokens beyond vocab_size ({limit}) from the {kind} tokenizer of {who}",
+                            hint="use a model whose tokenizer fits its embedding as the base (base_model), or "
+                                 "tokenizer_source: <model> to take a tokenizer unchanged")
+    removed = {token for token, i in model["vocab"].items() if i >= limit}
+    model["vocab"] = {token: i for token, i in model["vocab"].items() if i < limit}
+    if kind == "BPE":
+        def keep(merge: Any) -> bool:
+            parts = merge.split(" ") if isinstance(merge, str) else list(merge)
+            return not any(p in removed for p in parts) and "".join(parts) not in removed
+
+        model["merges"] = [m for m in model.get("merges") or [] if keep(m)]
+
+
+# -- building ------------------------------------------------------------------------------------
+def _normal_tokens(tokenizer: Any) -> list[tuple[str, int]]:
+    """The tokenizer model's own tokens (not added ones), in id order."""
+    added = {t.content for t in tokenizer.added_tokens_decoder.values()}
+    vocab = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=False)
+    return sorted(((t, i) for t, i in vocab.items() if t not in added), key=lambda item: item[1])
+
+
+def union_tokenizer(base: Any, others: list[tuple[str, Any, int | None]], warn: Warn) -> Any:
+    """``base`` plus the normal tokens, then the added tokens, of ``others`` (name, tokenizer, limit) it lacks."""
+    from transformers import AddedToken
+
+    out = _clone(base)
+    present = set(out.get_vocab())
+    normal: list[Any] = []
+    added: list[Any] = []
+    for name, tokenizer, limit in others:
+        beyond = 0
+        for token, i in _normal_tokens(tokenizer):
+            if limit is not None and i >= limit:
+                beyond += 1
+            elif token not in present:
+                present.add(token)
+                normal.append(AddedToken(token, normalized=True, special=False))
+        for i, info in sorted(tokenizer.added_tokens_decoder.items()):
+            if limit is not None and i >= limit:
+                beyond += 1
+            elif info.content not in present:
+                present.add(info.content)
+                added.append(AddedToken(info.content, single_word=info.single_word, lstrip=info.lstrip,
+                                        rstrip=info.rstrip, normalized=info.normalized, special=info.special))
+        if beyond:
+            warn(f"{beyond} token(s) of {name}'s tokenizer have ids at or above its vocab_size ({limit}): "
+                 "they have no embedding row and are not added (padding?)")
+    with _quiet():
+        out.add_tokens(normal)
+        out.add_tokens(added)
+    return out
+
+
+def build_output_vocab(settings: TokenizerSettings, models: list[Any], warn: Warn) -> OutputVocab:
+    """The output tokenizer and, for every model, the map output id -> its id (-1: it lacks the token).
+
+    ``models`` are the plan's models, the tokenizer base first.
+    """
+    base = models[0]
+    limits = [vocab_size_of(m.config) for m in models]
+    base_tok = tokenizer_of(base)
+    if base_tok is None:
+        raise MergehubError(f"cannot load a fast tokenizer from {base.directory} ({base.ref}), the tokenizer base",
+                            hint="the first model (or base_model) supplies the tokenizer: make it a model with "
+                                 "tokenizer.json, or name another with tokenizer_source: <model>")
+    stripped = strip_tokenizer(base_tok, limits[0], str(base.ref))
+    loaded: list[Any] = [stripped]
+    for model in models[1:]:
+        tokenizer = tokenizer_of(model)
+        if tokenizer is None:
+            warn(f"cannot load the tokenizer of {model.ref}; assuming it is the same as {base.ref}'s")
+        loaded.append(tokenizer)
+    out = _source_tokenizer(settings, models, loaded, limits, warn)
+    missing = [t for t in settings.tokens if t not in out.get_vocab()]
+    if missing:
+        with _quiet():
+            out.add_tokens(missing)
+    vocab = out.get_vocab()
+    real = max(len(vocab), max(vocab.values(), default=-1) + 1)
+    tokens: list[str | None] = [None] * real
+    for token, i in vocab.items():
+        tokens[i] = token
+    multiple = settings.pad_to_multiple_of or 1
+    size = -(-real // multiple) * multiple
+    vocabs = [(t if t is not None else stripped).get_vocab() for t in loaded]
+    permutations = [_permutation(tokens, v, limit) for v, limit in zip(vocabs, limits)]
+    return OutputVocab(out, tokens, size, vocabs, permutations, settings)
+
+
+def _source_tokenizer(settings: TokenizerSettings, models: list[Any], loaded: list[Any], limits: list[int | None],
+                      warn: Warn) -> Any:
+    if settings.source == "base":
+        return _clone(loaded[0])
+    if settings.source == "union":
+        others = [(str(m.ref), t, limit) for m, t, limit in zip(models[1:], loaded[1:], limits[1:]) if t is not None]
+        return union_tokenizer(loaded[0], others, warn)
+    ref: ModelRef = settings.source  # type: ignore[assignment]
+    merged = next((m for m in models if m.ref == ref), None)
+    tokenizer = tokenizer_of(merged) if merged is not None else _tokenizer_at(ref)
+    if tokenizer is None:
+        raise MergehubError(f"cannot load a fast tokenizer from {ref}, the tokenizer source",
+                            hint="name a model that has tokenizer.json, or use tokenizer_source: base / union")
+    return _clone(tokenizer)
+
+
+def _tokenizer_at(ref: ModelRef) -> Any | None:
+    """The tokenizer of a model the recipe does not merge (only its tokenizer is used)."""
+    from mergehub.models import locate
+
+    return load_tokenizer(locate(ModelRef(ref.path, ref.revision)))
+
+
+def _permutation(tokens: list[str | None], vocab: dict[str, int], limit: int | None) -> array:
+    """Output id -> the model's id; -1 where it lacks the token or its id has no row (at or above vocab_size)."""
+    ceiling = limit if limit is not None else len(vocab)
+    ids = (vocab.get(t, -1) if t is not None else -1 for t in tokens)
+    return array("q", (i if i < ceiling else -1 for i in ids))
+
+
+# -- writing -------------------------------------------------------------------------------------
+def save_tokenizer(tokenizer: Any, directory: Path, template: str | None) -> None:
+    """save_pretrained; a template goes to chat_template.jinja, where transformers reads it."""
+    if template is not None:
+        tokenizer.chat_template = template
+    with _quiet():
+        tokenizer.save_pretrained(str(directory))
+    _drop_embedded_template(directory)
+
+
+def reserialize(donor: Path, directory: Path, template: str | None) -> bool:
+    """Load the donor's tokenizer and save it again with ``template``; False when it has none that loads."""
+    tokenizer = load_tokenizer(donor)
+    if tokenizer is None:
+        return False
+    save_tokenizer(tokenizer, directory, template)
+    return True
+
+
+def write_template(directory: Path, template: str) -> None:
+    (directory / "chat_template.jinja").write_text(template, encoding="utf-8")
+    _drop_embedded_template(directory)
+
+
+def _drop_embedded_template(directory: Path) -> None:
+    """chat_template.jinja must be the only template (an embedded one would disagree with it)."""
+    path = directory / "tokenizer_config.json"
+    if not (directory / "chat_template.jinja").is_file() or not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.pop("chat_template", None) is not None:
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
