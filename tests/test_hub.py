@@ -21,7 +21,8 @@ def test_hub_id_from_offline_cache(tmp_path, tiny_models):
     out, sa, sb = load_state(tmp_path / "out"), load_state(a), load_state(b)
     assert all(torch.allclose(out[n], (sa[n] + sb[n]) / 2, atol=1e-6) for n in sa)
     card = (tmp_path / "out/README.md").read_text()
-    assert "base_model:\n- tiny-org/tiny-a\n- tiny-org/tiny-b@v1" in card
+    assert "base_model:\n- tiny-org/tiny-a\n- tiny-org/tiny-b\nbase_model_relation: merge\n" in card
+    assert "- `tiny-org/tiny-b@v1`" in card  # the revision is in the body, not in the front matter's ids
     forward_pass(tmp_path / "out")
 
 

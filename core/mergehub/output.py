@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mergehub import __version__
 from mergehub.blocks import DEFAULT_MAX_MEMORY
+from mergehub.card import write_card
 from mergehub.errors import MergehubError
 from mergehub.executor import Executor, Progress, weight_map
 from mergehub.plan import Plan
@@ -98,24 +99,3 @@ def copy_tokenizer(plan: Plan, tmp: Path) -> None:
                 shutil.copyfile(donor / name, tmp / name)
         if template is not None:  # the donor's tokenizer did not load: still write the template beside its files
             tokenizer.write_template(tmp, template)
-
-
-def write_card(plan: Plan, tmp: Path, title: str) -> None:
-    """README.md (model card) and the recipe itself as mergehub_config.yml."""
-    recipe = plan.recipe
-    method = recipe.method
-    hub_ids = [str(m.ref) for m in plan.models if not Path(m.ref.path).exists()]
-    front = ["---", "library_name: transformers", "tags:", "- merge", "- mergehub"]
-    if hub_ids:
-        front += ["base_model:"] + [f"- {ref}" for ref in hub_ids]
-    front.append("---")
-    base = recipe.base_model if method.base != "ignored" else None
-    lines = [*front, f"# {title or 'merged model'}", "",
-             f"This model was merged with [mergehub](https://github.com/mergehub/mergehub) {__version__}.", "",
-             "## Method", "", f"**{method.name}**: {method.summary}" + (f" ([paper]({method.paper}))" if method.paper else ""), ""]
-    if base:
-        lines += [f"Base model: `{base}`", ""]
-    lines += ["## Models", ""] + [f"- `{m.ref}`" for m in plan.models if m.ref != base] + ["", "## Recipe", "", "```yaml",
-              recipe.document.text.strip(), "```", ""]
-    (tmp / "README.md").write_text("\n".join(lines))
-    (tmp / "mergehub_config.yml").write_text(recipe.document.text)
