@@ -21,7 +21,9 @@ from mergehub import allocator, dtypes
 from mergehub.blocks import DEFAULT_MAX_MEMORY, pass_indices, plan_blocks
 from mergehub.errors import MergehubError
 from mergehub.estimate import peak_bytes
+from mergehub.finite import check_finite
 from mergehub.plan import OutputTensor, Plan
+from mergehub.resume import Journal
 from mergehub.specs import MergeInputs, import_object
 from mergehub.vocab import padding_means, read_aligned
 
@@ -60,8 +62,9 @@ class Executor:
     """Computes the plan's tensors, each whole or in row blocks within ``max_memory``."""
 
     def __init__(self, plan: Plan, device: str = "cpu", seed: int | None = None,
-                 max_memory: int = DEFAULT_MAX_MEMORY):
+                 max_memory: int = DEFAULT_MAX_MEMORY, allow_nonfinite: bool = False):
         self.plan = plan
+        self.allow_nonfinite = allow_nonfinite
         self.device = torch.device(device)
         self.seed = seed
         self.max_memory = max_memory
@@ -147,32 +150,63 @@ class Executor:
         if tuple(result.shape) != shape:
             raise MergehubError(f"method '{self.plan.recipe.method.name}' returned shape {tuple(result.shape)} "
                                 f"for {spec.name}, expected {shape}", hint="this is a bug in the method plugin")
+        if not self.allow_nonfinite:
+            check_finite(spec, result, self.plan)
         return result.to(device="cpu", dtype=dtypes.to_torch(spec.out_dtype)).contiguous()
 
-    def write(self, directory: Path, backend: Any, shard_size: int, progress: Progress | None = None) -> list[Shard]:
+    def write(self, directory: Path, backend: Any, shard_size: int, progress: Progress | None = None,
+              journal: Journal | None = None) -> list[Shard]:
         """Write every shard into ``directory`` with the IO ``backend``; returns the shard layout.
 
         Writing happens on a second thread (file writes release the GIL), at most two blocks
         behind the maths, so reading, merging and writing overlap within the memory bound.
+        With a ``journal``, the tensors it records as done are kept, not recomputed, and each
+        tensor is recorded once its bytes are in the kernel's hands.
         """
         shards = layout_shards(self.plan.tensors, shard_size)
+        skip = journal.done if journal else 0
         with ThreadPoolExecutor(1, thread_name_prefix="mergehub-writer") as pool:
             for shard in shards:
+                if skip >= len(shard.tensors):
+                    skip -= len(shard.tensors)
+                    _advance(progress, shard.tensors)
+                    continue
                 entries = [(t.name, t.out_dtype, t.shape) for t in shard.tensors]
-                with backend.writer(directory / shard.file, entries, {"format": "pt"}) as writer:
-                    pending: deque[Future] = deque()
-                    try:
-                        for spec in shard.tensors:
-                            for block in self.compute(spec):
-                                pending.append(pool.submit(writer.write, spec.name, block))
-                                while len(pending) > 1:
-                                    pending.popleft().result()
-                            if progress:
-                                progress(spec)
-                    finally:  # never close the shard under a write still running
-                        while pending:
-                            pending.popleft().result()
+                opener = backend.writer(directory / shard.file, entries, {"format": "pt"}, skip) if skip else \
+                    backend.writer(directory / shard.file, entries, {"format": "pt"})
+                with opener as writer:
+                    _advance(progress, shard.tensors[:skip])
+                    self._write_shard(pool, writer, shard.tensors[skip:], progress, journal)
+                skip = 0
         return shards
+
+    def _write_shard(self, pool: ThreadPoolExecutor, writer: Any, tensors: list[OutputTensor],
+                     progress: Progress | None, journal: Journal | None) -> None:
+        pending: deque[Future] = deque()
+        try:
+            for spec in tensors:
+                for block in self.compute(spec):
+                    pending.append(pool.submit(writer.write, spec.name, block))
+                    while len(pending) > 1:
+                        pending.popleft().result()
+                if journal is not None:
+                    pending.append(pool.submit(_record, writer, journal))
+                if progress:
+                    progress(spec)
+        finally:  # never close the shard under a write still running
+            while pending:
+                pending.popleft().result()
+
+
+def _record(writer: Any, journal: Journal) -> None:
+    """One more tensor is complete: flush it to the kernel, then say so in the journal."""
+    writer.flush()
+    journal.advance()
+
+
+def _advance(progress: Progress | None, tensors: list[OutputTensor]) -> None:
+    for spec in tensors if progress else []:
+        progress(spec)  # type: ignore[misc]
 
 
 def _identical_or_fail(spec: OutputTensor, tensors: list[torch.Tensor]) -> torch.Tensor:

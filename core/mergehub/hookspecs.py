@@ -50,6 +50,9 @@ def mergehub_register_io_backends() -> list[IOBackendSpec]:
     Called once when the registry is built. The implementation class must offer
     ``detect(directory) -> int | None`` (a priority, or None when it cannot read the
     directory) and ``open(directory)`` returning a reader with ``tensor_names()``,
-    ``header(name)``, ``read(name)`` and ``close()``; writers also offer
-    ``writer(path, entries, metadata)``.
+    ``header(name)``, ``read(name)``, ``read_rows(name, start, stop)`` and ``close()``. A backend
+    that writes also offers ``writer(path, entries, metadata, done=0)``: a context manager with
+    ``write(name, tensor_or_row_block)`` (tensors in ``entries`` order) and ``flush()`` (hand what
+    was written to the kernel); ``done > 0`` reopens an interrupted shard and keeps its first
+    ``done`` tensors, for ``--resume``.
     """

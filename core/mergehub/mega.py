@@ -14,6 +14,7 @@ from mergehub.fingerprint import STAMP, stage_fingerprint, stamp, stored_fingerp
 from mergehub.output import check_supported, write_model
 from mergehub.plan import Plan, make_plan
 from mergehub.registry import Registry
+from mergehub.resume import run_identity
 from mergehub.stages import Stage
 
 Report = Callable[[Stage, str], None]
@@ -28,6 +29,8 @@ class RunOptions:
     device: str = "cpu"
     allow_crimes: bool = False
     max_memory: int = DEFAULT_MAX_MEMORY
+    resume: bool = False
+    allow_nonfinite: bool = False
 
 
 def fingerprints(stages: list[Stage], registry: Registry, seed: int | None) -> dict[str, str]:
@@ -70,9 +73,13 @@ def run_stages(stages: list[Stage], registry: Registry, backend: object, options
         check_supported(plan)
         try:
             with progress_for(plan) if progress_for else nullcontext(None) as advance:
+                identity = run_identity(plan, registry, seed=options.seed, shard_size=options.shard_size,
+                                        device=options.device, inputs=prints)
                 write_model(plan, stage.output, backend, force=True, shard_size=options.shard_size, seed=options.seed,
                             device=options.device, progress=advance, max_memory=options.max_memory,
-                            extra_files={STAMP: stamp(prints[str(stage.output)], stage.name, recipe_id(stage))})
+                            extra_files={STAMP: stamp(prints[str(stage.output)], stage.name, recipe_id(stage))},
+                            identity=identity, resume=options.resume, restart=options.force,
+                            allow_nonfinite=options.allow_nonfinite)
         finally:
             plan.close()
         report(stage, f"merged {len(plan.tensors)} tensors with {plan.recipe.method.name} into {stage.output} "

@@ -1,24 +1,29 @@
-"""Turn a plan into a finished Hugging Face model directory, atomically.
+"""Turn a plan into a finished Hugging Face model directory, atomically and resumably.
 
-Everything is written into a hidden temporary directory beside the output, which is
-renamed into place only when complete; an interrupted run never leaves a directory
-that looks like a finished model, and ``--force`` replaces an old output only after
-the new one is complete.
+Everything is written into a hidden partial directory beside the output (locked against a
+second run), which is made durable and renamed into place only when complete; an interrupted
+run never leaves a directory that looks like a finished model, and ``--force`` replaces an old
+output only after the new one is complete. An interrupted run keeps its finished tensors and a
+journal (:mod:`mergehub.resume`), so ``--resume`` carries on where it stopped.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from mergehub import __version__
 from mergehub.blocks import DEFAULT_MAX_MEMORY
 from mergehub.card import write_card
-from mergehub.errors import MergehubError
+from mergehub.errors import MergehubError, RecipeError
 from mergehub.executor import Executor, Progress, weight_map
+from mergehub.lock import OWNER, DirectoryLock
 from mergehub.plan import Plan
+from mergehub.resume import Journal, MergeInterrupted, differences
 
 TOKENIZER_FILES = [
     "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "added_tokens.json",
@@ -26,6 +31,7 @@ TOKENIZER_FILES = [
     "video_preprocessor_config.json",
 ]
 INDEX = "model.safetensors.index.json"
+FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no room: the disk, a file-size limit, a quota
 
 
 def check_output(out: Path, force: bool) -> None:
@@ -41,30 +47,114 @@ def check_supported(plan: Plan) -> None:
     """Recipe features that are validated but whose execution is not available (none at the moment)."""
 
 
+def partial_directory(out: Path) -> Path:
+    """Where an unfinished output lives: hidden, beside ``out``, never mistaken for a model."""
+    return out.parent / f".{out.name}.mergehub-partial"
+
+
 def write_model(plan: Plan, out: Path, backend: object, *, force: bool, shard_size: int, seed: int | None,
                 device: str, progress: Progress | None = None, extra_files: dict[str, str] | None = None,
-                max_memory: int = DEFAULT_MAX_MEMORY) -> None:
+                max_memory: int = DEFAULT_MAX_MEMORY, identity: dict[str, Any] | None = None, resume: bool = False,
+                restart: bool | None = None, allow_nonfinite: bool = False) -> None:
+    """Merge into the partial directory, then rename it to ``out`` once everything is written.
+
+    ``identity`` (see :func:`mergehub.resume.run_identity`) lets an interrupted run be resumed:
+    with ``resume`` the tensors already written are kept; ``restart`` (default: ``force``) discards
+    an interrupted run's work instead of refusing to. On failure or interrupt the partial
+    directory is kept when it holds finished tensors, and removed when it holds none.
+    """
     check_output(out, force)
     check_supported(plan)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.mergehub-partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        shards = Executor(plan, device=device, seed=seed, max_memory=max_memory).write(tmp, backend, shard_size, progress)
-        if len(shards) > 1:
-            total = sum(t.nbytes for t in plan.tensors)
-            index = {"metadata": {"total_size": total, "mergehub_version": __version__}, "weight_map": weight_map(shards)}
-            (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
-        copy_tokenizer(plan, tmp)
-        write_card(plan, tmp, out.name)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-        _move_into_place(tmp, out)
-    except BaseException:
+    tmp = partial_directory(out)
+    tmp.mkdir(exist_ok=True)
+    with DirectoryLock(tmp, out):
+        journal = _journal(tmp, out, identity or {}, resume, force if restart is None else restart)
+        try:
+            executor = Executor(plan, device=device, seed=seed, max_memory=max_memory, allow_nonfinite=allow_nonfinite)
+            shards = executor.write(tmp, backend, shard_size, progress, journal)
+            _finish_directory(plan, tmp, out, shards, extra_files or {})
+            journal.discard()
+            (tmp / OWNER).unlink(missing_ok=True)
+            _sync_directory(tmp)
+            _move_into_place(tmp, out)
+        except BaseException as exc:
+            _after_failure(tmp, journal, len(plan.tensors), exc)
+            raise
+
+
+def _finish_directory(plan: Plan, tmp: Path, out: Path, shards: list, extra_files: dict[str, str]) -> None:
+    if len(shards) > 1:
+        total = sum(t.nbytes for t in plan.tensors)
+        index = {"metadata": {"total_size": total, "mergehub_version": __version__}, "weight_map": weight_map(shards)}
+        (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
+    copy_tokenizer(plan, tmp)
+    write_card(plan, tmp, out.name)
+    for name, text in extra_files.items():
+        (tmp / name).write_text(text)
+
+
+def _journal(tmp: Path, out: Path, identity: dict[str, Any], resume: bool, restart: bool) -> Journal:
+    """The journal to write into: the interrupted run's (resume), or a new one."""
+    old = Journal.load(tmp)
+    if old is not None and old.done and resume:
+        reasons = differences(old.identity, identity)
+        if reasons:
+            raise MergehubError(f"cannot resume the interrupted merge into {out}: " + "; ".join(reasons),
+                                hint="run the original recipe and options again with --resume, "
+                                     "or pass --force (without --resume) to start over")
+        return old
+    if old is not None and old.done and not restart:
+        raise MergehubError(f"an interrupted merge into {out} is waiting ({old.done} of "
+                            f"{old.identity.get('tensors', '?')} tensors written, in {tmp})",
+                            hint="run the same command with --resume to continue it, or with --force to start over")
+    for child in tmp.iterdir():
+        if child.name != OWNER:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    journal = Journal(tmp, identity)
+    journal.save()
+    return journal
+
+
+def _after_failure(tmp: Path, journal: Journal, total: int, exc: BaseException) -> None:
+    """Keep finished work for --resume; say how to continue."""
+    if not journal.done:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if isinstance(exc, KeyboardInterrupt):
+            raise MergeInterrupted("interrupted before any tensor was complete; nothing was written") from exc
+        if isinstance(exc, OSError) and exc.errno in FULL:
+            raise _disk_full(exc, tmp, journal.done, total) from exc
+        return
+    if isinstance(exc, KeyboardInterrupt):
+        raise MergeInterrupted(f"interrupted: {journal.done} of {total} tensors are saved in {tmp}; "
+                               "run the same command with --resume to continue") from exc
+    if isinstance(exc, OSError) and exc.errno in FULL:
+        raise _disk_full(exc, tmp, journal.done, total) from exc
+    if isinstance(exc, MergehubError) and not isinstance(exc, RecipeError):  # e.g. NaN at 90 %: keep the 90 %
+        kept = (f"{journal.done} of {total} finished tensors are kept in {tmp}: after fixing this, --resume "
+                "continues (same recipe and inputs), --force starts over")
+        exc.hint = f"{exc.hint}; {kept}" if exc.hint else kept
+
+
+def _disk_full(exc: OSError, tmp: Path, done: int, total: int) -> MergehubError:
+    kept = f"; {done} of {total} tensors are kept in {tmp}" if done else ""
+    return MergehubError(f"no space left for the output ({exc.strerror}: {exc.filename or tmp}){kept}",
+                         hint="free disk space (mergehub plan shows how much the output needs), then run the same "
+                              "command" + (" with --resume" if done else ""))
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the small files and the directory entries durable before the rename publishes them."""
+    for path in directory.iterdir():
+        if path.is_file() and not path.name.endswith(".safetensors"):  # shards are fsync'd as they close
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -106,3 +106,11 @@ class Journal:
             return cls(directory, dict(data["identity"]), int(data["done"]), list(data.get("shards") or []))
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+class MergeInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a merge, with what was kept and how to go on."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

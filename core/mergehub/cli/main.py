@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from types import ModuleType
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     # machine (or beside the writer thread) otherwise burns cores the maths needs.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = sys.argv[1:] if argv is None else argv
+    _stop_on_sigterm()
     args = build_parser().parse_args(argv)
     try:
         return VERBS[args.verb].run(args)
@@ -46,9 +48,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         error_panel(exc)
         return 1
-    except KeyboardInterrupt:
-        print("mergehub: interrupted; nothing was written to the output", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        message = getattr(exc, "message", None) or "interrupted; nothing was written to the output"
+        print(f"mergehub: {message}", file=sys.stderr)
         return 130
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``kill``, a scheduler's stop) ends a run as Ctrl-C does: cleanly, work kept for --resume."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

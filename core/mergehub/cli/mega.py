@@ -31,7 +31,8 @@ def run(args: argparse.Namespace, documents: list[Document] | None = None) -> in
         for message in stage.plan.warnings if stage.plan else []:
             warn(f"stage {stage.label}: {message}")
     options = RunOptions(force=args.force, reuse=not args.no_reuse, shard_size=args.shard_size, seed=args.seed,
-                         device=args.device, allow_crimes=args.allow_crimes, max_memory=args.max_memory)
+                         device=args.device, allow_crimes=args.allow_crimes, max_memory=args.max_memory,
+                         resume=args.resume, allow_nonfinite=args.allow_nonfinite)
     merge_verb.check_device(args.device)
     backend = reg.io_backend("safetensors").load()
     err.print(f"{len(stages)} stages: " + " → ".join(s.label for s in stages))

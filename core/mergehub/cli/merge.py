@@ -41,6 +41,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "larger tensors are merged in row blocks")
     parser.add_argument("--seed", type=int, default=None, help="seed for randomised methods (same seed, same bytes)")
     parser.add_argument("--device", default="cpu", help="torch device for the maths, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run of the same recipe from the tensors it already wrote")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="write NaN/Inf values a merge produces instead of stopping with an error")
     add_model_options(parser)
     parser.add_argument("--intermediate-dir", type=Path, metavar="DIR",
                         help="multi-stage recipes: where named stages are written (default: <out>.stages)")
@@ -49,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mergehub.output import check_output, check_supported, write_model  # imports torch: only when merging
+    from mergehub.resume import run_identity
 
     started = time.perf_counter()
     reg = registry()
@@ -68,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with progress_bar(total, len(plan.tensors)) as advance:
             write_model(plan, out, backend, force=args.force, shard_size=args.shard_size, seed=args.seed,
-                        device=args.device, progress=advance, max_memory=args.max_memory)  # type: ignore[arg-type]
+                        device=args.device, progress=advance, max_memory=args.max_memory,  # type: ignore[arg-type]
+                        identity=run_identity(plan, reg, seed=args.seed, shard_size=args.shard_size, device=args.device),
+                        resume=args.resume, allow_nonfinite=args.allow_nonfinite)
     finally:
         plan.close()
     seconds = time.perf_counter() - started

@@ -9,7 +9,7 @@ import os
 import struct
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,8 +33,9 @@ class SafetensorsBackend:
     def open(self, directory: Path) -> SafetensorsReader:
         return SafetensorsReader(directory)
 
-    def writer(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> StreamingWriter:
-        return StreamingWriter(path, entries, metadata)
+    def writer(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str],
+               done: int = 0) -> StreamingWriter:
+        return StreamingWriter(path, entries, metadata, done)
 
 
 class SafetensorsReader:
@@ -88,7 +89,9 @@ class StreamingWriter:
     needs only the tensor being written.
     """
 
-    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]):
+    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str],
+                 done: int = 0):
+        """``done``: the first ``done`` tensors are already in the file (a resumed run); keep them."""
         self.path = path
         self.order = [name for name, _, _ in entries]
         self.sizes: dict[str, int] = {}
@@ -101,12 +104,18 @@ class StreamingWriter:
             offset += size
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data must start 8-byte aligned
-        self.file = open(path, "wb")
-        self.file.write(struct.pack("<Q", len(raw)) + raw)
+        prefix = struct.pack("<Q", len(raw)) + raw
+        self.file = _reopen(path, prefix, done_bytes=sum(self.sizes[n] for n in self.order[:done])) if done else open(path, "wb")
+        if not done:
+            self.file.write(prefix)
         self.flusher = Writeback(self.file.fileno(), self.file.tell())
-        self.next = 0  # index of the tensor being written
+        self.next = done  # index of the tensor being written
         self.done = 0  # its bytes written so far
         self._skip_empty()
+
+    def flush(self) -> None:
+        """Hand everything written so far to the kernel (it then survives the process being killed)."""
+        self.file.flush()
 
     def _skip_empty(self) -> None:
         while self.next < len(self.order) and self.sizes[self.order[self.next]] == 0:
@@ -144,6 +153,26 @@ class StreamingWriter:
                 os.fsync(self.file.fileno())
         finally:
             self.file.close()
+
+
+def _reopen(path: Path, prefix: bytes, done_bytes: int) -> BinaryIO:
+    """An interrupted shard, cut after its last complete tensor and positioned to go on from there.
+
+    The header must be the one this run would write (same tensors, same offsets); anything else
+    means the partial file is not this run's.
+    """
+    try:
+        file = open(path, "r+b")
+    except OSError as exc:
+        raise MergehubError(f"cannot resume {path}: {exc}", hint="start over: run again with --force instead of --resume") from exc
+    keep = len(prefix) + done_bytes
+    if file.read(len(prefix)) != prefix or os.fstat(file.fileno()).st_size < keep:
+        file.close()
+        raise MergehubError(f"cannot resume {path}: the interrupted shard does not match this run's layout",
+                            hint="start over: run again with --force instead of --resume")
+    file.truncate(keep)
+    file.seek(keep)
+    return file
 
 
 class Writeback:

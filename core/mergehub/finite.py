@@ -1,0 +1,33 @@
+"""A merge must not write NaN or Inf silently: name the tensor, and the input that brought it."""
+
+from __future__ import annotations
+
+import torch
+
+from mergehub.errors import MergehubError
+from mergehub.plan import OutputTensor, Plan
+
+
+def check_finite(spec: OutputTensor, result: torch.Tensor, plan: Plan) -> None:
+    """Raise if ``result`` (a tensor or a row block of ``spec``) holds NaN or Inf.
+
+    Only on failure are the inputs read again, to tell a non-finite input from a merge that
+    produced the values itself (a 0/0 in a normalisation, an overflow in the working dtype).
+    """
+    if not result.is_floating_point() or _all_finite(result):
+        return
+    count = int((~torch.isfinite(result)).sum())
+    culprits = [str(plan.models[i.model].ref) for i in spec.inputs
+                if not bool(torch.isfinite(plan.models[i.model].reader.read(i.name)).all())]
+    cause = (f"the input {spec.name} of {', '.join(culprits)} already holds NaN/Inf" if culprits
+             else f"method '{plan.recipe.method.name}' produced them from finite inputs")
+    raise MergehubError(f"the merge produced {count} NaN/Inf values in {spec.name}: {cause}",
+                        hint="check that model's weights or the method's parameters; "
+                             "--allow-nonfinite writes the values anyway")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """One float64 sum: NaN and Inf survive it, and finite float32/16 values cannot overflow it."""
+    if tensor.dtype != torch.float64 and bool(torch.isfinite(tensor.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(tensor).all())
