@@ -26,8 +26,10 @@ from mergehub.testing import run_cli
 OPTIONS = ["--max-memory", "32KiB", "--shard-size", "2MB", "--seed", "7"]
 
 
-@pytest.fixture
-def setup(tmp_path, tiny_models):
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_models):
+    """The recipe and its uninterrupted output, made once; tests must leave the recipe as they found it."""
+    tmp_path = tmp_path_factory.mktemp("resume")
     base, a, b = (tiny_models(f"r{i}", layers=6, hidden=256, vocab=4096, seed=i) for i in range(3))
     cfg = tmp_path / "r.yaml"
     cfg.write_text(f"merge_method: dare_ties\nbase_model: {base}\nparameters: {{density: 0.5, weight: 0.5}}\n"
@@ -109,7 +111,9 @@ def test_sigint_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, setup, 
 
 
 def test_changed_recipe_or_inputs_refuse_to_resume_and_force_starts_over(tmp_path, setup):
-    cfg, reference, (_, a, _) = setup
+    shared, reference, (_, a, _) = setup
+    cfg = tmp_path / "r.yaml"  # a copy: this test edits it
+    cfg.write_text(shared.read_text())
     out = tmp_path / "run" / "out"
     stop_after(start(cfg, out), out, 10, signal.SIGKILL)
     original = cfg.read_text()
@@ -176,3 +180,21 @@ def test_full_disk_is_a_clear_error_that_keeps_the_work(tmp_path, setup):
     result = run_cli("merge", cfg, "--out", out, *OPTIONS, *one_shard, "--resume")
     assert result.returncode == 0, result.output
     assert files(out) == files(reference)
+
+
+def test_multi_stage_recipe_resumes_the_interrupted_stage(tmp_path, setup):
+    _, _, (base, a, b) = setup
+    cfg = tmp_path / "mega.yaml"
+    cfg.write_text(f"name: mid\nmerge_method: linear\nparameters: {{weight: 1}}\nmodels:\n  - model: {a}\n  - model: {b}\n"
+                   f"---\nmerge_method: ties\nbase_model: {base}\nparameters: {{density: 0.5, weight: 0.5}}\n"
+                   f"models:\n  - model: mid\n  - model: {a}\n")
+    reference = tmp_path / "ref" / "out"
+    assert run_cli("merge", cfg, "--out", reference, *OPTIONS).returncode == 0
+    out = tmp_path / "run" / "out"
+    code, stderr = stop_after(start(cfg, out), out, 15, signal.SIGINT)  # the final stage's journal: mid is done
+    assert code == 130 and "--resume" in stderr
+    result = run_cli("merge", cfg, "--out", out, *OPTIONS, "--resume")
+    assert result.returncode == 0, result.output
+    assert "stage mid: reused" in " ".join(result.output.split())
+    weights = lambda d: {k: v for k, v in files(d).items() if k.endswith((".safetensors", ".json")) and "stage" not in k}
+    assert weights(out) == weights(reference) and len(weights(out)) > 3  # the card and stamp name the stage paths
