@@ -171,7 +171,13 @@ def load_recipe(document: Document, registry: Registry) -> Recipe:
     """Validate one recipe document against the installed plugins."""
     data = document.data
     if not isinstance(data, dict):
-        raise RecipeError([Problem("a recipe must be a mapping of keys (merge_method:, models: …)", line=1)], document.file)
+        shown = repr(data) if len(repr(data)) <= 40 else repr(data)[:40] + "…"
+        kind = "a list" if isinstance(data, list) else f"a single value, {shown}"
+        hint = "write keys such as merge_method: linear and models: at the top level of the file"
+        problem = Problem(f"a recipe must be a mapping of keys (merge_method:, models: …), but this one is {kind}",
+                          line=document.line_of(()) or 1,
+                          hint=hint + (", without a leading '- '" if isinstance(data, list) else ""))
+        raise RecipeError([problem], document.file)
     method = _method_of(document, registry)
     problems = schema_problems(document, recipe_schema(method.spec if method.spec else None))
     problems += [p for p in [method.problem] if p]
@@ -223,10 +229,10 @@ def _semantic_problems(document: Document) -> list[Problem]:
         except (ValueError, KeyError, TypeError) as exc:
             add(path, str(exc), "write model references as path, path@revision or path+lora")
     found += _tokenizer_problems(document)
-    for i, slice_ in enumerate(data.get("slices") or []):
-        for j, source in enumerate(slice_.get("sources") or [] if isinstance(slice_, dict) else []):
+    for i, slice_ in enumerate(_list(data.get("slices"))):
+        for j, source in enumerate(_list(slice_.get("sources")) if isinstance(slice_, dict) else []):
             rng = source.get("layer_range") if isinstance(source, dict) else None
-            if isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int) for x in rng) and rng[0] >= rng[1]:
+            if isinstance(rng, list) and len(rng) == 2 and all(_whole(x) for x in rng) and rng[0] >= rng[1]:
                 add(("slices", i, "sources", j, "layer_range"), f"layer_range {rng} is empty: start must be below end",
                     "ranges are half-open: [0, 4] takes layers 0, 1, 2 and 3")
     return found
@@ -280,18 +286,28 @@ def _model_refs(data: dict) -> list[tuple[PathKey, Any]]:
     refs: list[tuple[PathKey, Any]] = _tokenizer_refs(data)
     if isinstance(data.get("base_model"), (str, dict)):
         refs.append((("base_model",), data["base_model"]))
-    for i, entry in enumerate(data.get("models") or []):
+    for i, entry in enumerate(_list(data.get("models"))):
         if isinstance(entry, dict) and isinstance(entry.get("model"), (str, dict)):
             refs.append((("models", i, "model"), entry["model"]))
-    for i, slice_ in enumerate(data.get("slices") or []):
+    for i, slice_ in enumerate(_list(data.get("slices"))):
         if not isinstance(slice_, dict):
             continue
         if isinstance(slice_.get("base_model"), (str, dict)):
             refs.append((("slices", i, "base_model"), slice_["base_model"]))
-        for j, source in enumerate(slice_.get("sources") or []):
+        for j, source in enumerate(_list(slice_.get("sources"))):
             if isinstance(source, dict) and isinstance(source.get("model"), (str, dict)):
                 refs.append((("slices", i, "sources", j, "model"), source["model"]))
     return refs
+
+
+def _list(value: Any) -> list:
+    """``value`` when it is a list, else nothing: these checks run beside the schema's, on data it may reject."""
+    return value if isinstance(value, list) else []
+
+
+def _whole(value: Any) -> bool:
+    """An integer as JSON Schema sees one: ``3`` or ``3.0``, never ``True``."""
+    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -314,7 +330,7 @@ def _build(document: Document, method: MethodSpec) -> Recipe:
     else:
         slices = [
             Slice(
-                [Source(ModelRef.parse(s["model"]), tuple(s["layer_range"]), s.get("parameters") or {}, ("slices", i, "sources", j))
+                [Source(ModelRef.parse(s["model"]), tuple(int(x) for x in s["layer_range"]), s.get("parameters") or {}, ("slices", i, "sources", j))
                  for j, s in enumerate(sl["sources"])],
                 ModelRef.parse(sl["base_model"]) if "base_model" in sl else None,
                 sl.get("parameters") or {},

@@ -54,9 +54,15 @@ class PluginError(MergehubError):
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """A 'did you mean …?' suffix for a misspelt name, or None when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else None
+    """A 'did you mean …?' suffix for a misspelt name, or None when nothing is close.
+
+    Compared without case, so ``TIES`` or ``Linear`` find ``ties`` and ``linear``.
+    """
+    by_lower: dict[str, str] = {}
+    for choice in choices:
+        by_lower.setdefault(choice.lower(), choice)
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"did you mean '{by_lower[close[0]]}'?" if close else None
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> tuple[str, str]:

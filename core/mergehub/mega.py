@@ -28,6 +28,7 @@ class RunOptions:
     seed: int | None = None
     device: str = "cpu"
     allow_crimes: bool = False
+    trust_remote_code: bool = False
     max_memory: int = DEFAULT_MAX_MEMORY
     resume: bool = False
     allow_nonfinite: bool = False
@@ -69,7 +70,8 @@ def run_stages(stages: list[Stage], registry: Registry, backend: object, options
             continue
         started = time.perf_counter()
         assert stage.recipe is not None
-        plan = make_plan(stage.recipe, registry, options.allow_crimes)  # now with the real input files
+        plan = make_plan(stage.recipe, registry, options.allow_crimes,
+                         trust_remote_code=options.trust_remote_code)  # now with the real input files
         check_supported(plan)
         try:
             with progress_for(plan) if progress_for else nullcontext(None) as advance:

@@ -164,11 +164,18 @@ def _snapshot(repo: str, revision: str | None, kind: str, patterns: list[str]) -
 def read_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MergehubError(f"{directory} has no config.json", hint="is this a Hugging Face model directory?") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MergehubError(f"cannot read {path}: {exc}") from exc
+        raise MergehubError(f"{directory} has no config.json",
+                            hint="point at a Hugging Face model directory (config.json beside the weights)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MergehubError(f"cannot read {path}: {exc}", hint="check that the file exists and that you may read it") from exc
+    except json.JSONDecodeError as exc:
+        raise MergehubError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                            hint="repair the file or download the model again") from exc
+    if not isinstance(config, dict):
+        raise MergehubError(f"{path} is not a JSON object of settings", hint="repair the file or download the model again")
+    return config
 
 
 def open_reader(directory: Path, registry: Registry) -> TensorReader:
@@ -189,10 +196,14 @@ def open_reader(directory: Path, registry: Registry) -> TensorReader:
 
 
 def load_model(ref: ModelRef, registry: Registry) -> ModelInfo:
-    """Find the model (and its adapter); a LoRA input's adapter is checked against the base right away."""
+    """Find the model (and its adapter) and open its weights.
+
+    Opening reads every weight file's header (and applies a LoRA input's adapter to the base),
+    so missing, damaged or mismatched files are reported while planning, at the recipe line
+    that names the model.
+    """
     directory = locate(ref)
     info = ModelInfo(ref=ref, directory=directory, config=read_config(directory), registry=registry,
                      adapter_directory=locate_adapter(ref) if ref.lora else None)
-    if ref.lora:
-        info.reader  # noqa: B018 -- opens base and adapter: a mismatch is reported while planning
+    info.reader  # noqa: B018
     return info

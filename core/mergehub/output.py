@@ -183,7 +183,7 @@ def copy_tokenizer(plan: Plan, tmp: Path) -> None:
         return
     donor = plan.donor.directory
     complete = (donor / "tokenizer_config.json").is_file() and any((donor / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
-    if (plan.recipe.chat_template is None and complete) or not tokenizer.reserialize(donor, tmp, template):
+    if (plan.recipe.chat_template is None and complete) or not tokenizer.reserialize(donor, tmp, template, plan.trust_remote_code):
         for name in TOKENIZER_FILES:
             if (donor / name).is_file():
                 shutil.copyfile(donor / name, tmp / name)

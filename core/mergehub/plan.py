@@ -66,6 +66,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     vocab: OutputVocab | None = None  # the output tokenizer, when the recipe asks for one
     chat_template: str | None = None  # the template text to write, resolved from the recipe
+    trust_remote_code: bool = False  # --trust-remote-code: tokenizers may import the models' own classes
 
     @property
     def donor(self) -> ModelInfo:
@@ -80,17 +81,18 @@ class Plan:
 
 
 def make_plan(recipe: Recipe, registry: Registry, allow_crimes: bool = False,
-              planned: dict[str, ModelInfo] | None = None) -> Plan:
+              planned: dict[str, ModelInfo] | None = None, trust_remote_code: bool = False) -> Plan:
     """Plan ``recipe``. ``planned`` maps model paths that do not exist yet (outputs of earlier
     stages) to models described by their own plans, so a whole multi-stage recipe is checked
     before anything runs."""
-    return Planner(recipe, registry, allow_crimes, planned).plan()
+    return Planner(recipe, registry, allow_crimes, planned, trust_remote_code).plan()
 
 
 class Planner:
     def __init__(self, recipe: Recipe, registry: Registry, allow_crimes: bool = False,
-                 planned: dict[str, ModelInfo] | None = None):
+                 planned: dict[str, ModelInfo] | None = None, trust_remote_code: bool = False):
         self.recipe = recipe
+        self.trust_remote_code = trust_remote_code
         self.planned = planned or {}
         self.registry = registry
         self.allow_crimes = allow_crimes
@@ -134,7 +136,7 @@ class Planner:
         num_layers = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in slices)  # type: ignore[index]
         template = self.chat_template()
         plan = Plan(self.recipe, models, layout, tensors, num_layers, {}, warnings + self.vocab_warnings, self.vocab,
-                    template)
+                    template, self.trust_remote_code)
         plan.config = output_config(plan)
         plan.warnings += self.unused_tensor_warnings(tensors) + unknown_tokens_warning(self.unknown_tokens)
         return plan
@@ -148,7 +150,7 @@ class Planner:
         from mergehub.tokenizer import build_output_vocab
 
         try:
-            return build_output_vocab(settings, self.models, self.vocab_warnings.append)
+            return build_output_vocab(settings, self.models, self.vocab_warnings.append, self.trust_remote_code)
         except MergehubError as exc:
             self.add(settings.source_path, exc.message, exc.hint)
             return None

@@ -49,6 +49,7 @@ def run_identity(plan: Plan, registry: Registry, *, seed: int | None, shard_size
         "seed": seed if method.randomized else None,
         "shard_size": shard_size,
         "device": device,
+        "trust_remote_code": plan.trust_remote_code,  # which tokenizers load, so the vocabulary rows
         "tensors": len(plan.tensors),
     }
 
@@ -57,7 +58,8 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Why a journal's run is not this run, one sentence per change (empty: the same run)."""
     reasons: list[str] = []
     labels = {"mergehub": "the mergehub version", "method": "the method plugin", "recipe": "the recipe",
-              "seed": "--seed", "shard_size": "--shard-size", "device": "--device", "tensors": "the plan's tensor count"}
+              "seed": "--seed", "shard_size": "--shard-size", "device": "--device",
+              "trust_remote_code": "--trust-remote-code", "tensors": "the plan's tensor count"}
     for key, label in labels.items():
         if old.get(key) != new.get(key):
             reasons.append(f"{label} changed (was {old.get(key)!r}, now {new.get(key)!r})" if key != "recipe"

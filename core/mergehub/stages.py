@@ -10,6 +10,7 @@ on — before the first one runs.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,12 @@ class PlannedReader:
         pass
 
 
+#: A stage's output is ``<intermediate dir>/<name>``: a name is one plain, visible path component, so no
+#: recipe can make mergehub write outside --out and the intermediate directory (no '/', '\\', '..',
+#: '~', NUL or drive letters; not hidden; short enough for any file system).
+STAGE_NAME = re.compile(r"\w[\w.\-]{0,99}")
+
+
 def _stage_problem(document: Document, path: PathKey, message: str, hint: str | None = None) -> Problem:
     return Problem(message, format_path(path), document.line_of(path), hint)
 
@@ -66,9 +73,12 @@ def split_stages(documents: list[Document], out: Path, intermediate: Path) -> li
     stages: list[Stage] = []
     for doc in documents:
         name = doc.data.get("name") if isinstance(doc.data, dict) else None
-        if name is not None and (not isinstance(name, str) or not name or "/" in name or name in (".", "..")):
-            problems.append(_stage_problem(doc, ("name",), f"stage name {name!r} is not a plain name",
-                                           "use letters, digits, '-' or '_' (no '/')"))
+        if name is not None and (not isinstance(name, str) or not STAGE_NAME.fullmatch(name)):
+            shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+            problems.append(_stage_problem(doc, ("name",), f"stage name {shown} is not a plain name; it names the "
+                                           "stage's directory inside the intermediate directory",
+                                           "use up to 100 letters, digits, '-', '_' or '.', not starting with '.' "
+                                           "or '-' (no '/', '\\', '~' or spaces)"))
             name = None
         stages.append(Stage(name, doc, intermediate / name if name else out))
     _check_names(stages, problems)
@@ -90,11 +100,15 @@ def _check_names(stages: list[Stage], problems: list[Problem]) -> None:
                             f"{stage.document.number})", "give every stage its own name"))
         elif stage.name:
             seen[stage.name] = stage
-    unnamed = [s for s in stages if s.name is None]
+    unnamed = [s for s in stages if s.name is None and _written_name(s.document) is None]  # bad names: reported
     if len(unnamed) > 1:
         numbers = ", ".join(str(s.document.number) for s in unnamed)
         problems.append(_stage_problem(unnamed[1].document, (), f"documents {numbers} have no name; only one "
                         "stage (the final merge) may be unnamed", "add name: <stage name> to all but the final stage"))
+
+
+def _written_name(document: Document) -> Any:
+    return document.data.get("name") if isinstance(document.data, dict) else None
 
 
 def _rewrite_references(stage: Stage, by_name: dict[str, Stage], problems: list[Problem]) -> None:
@@ -163,7 +177,8 @@ def _order(stages: list[Stage]) -> list[Stage]:
     return ordered
 
 
-def plan_stages(stages: list[Stage], registry: Registry, allow_crimes: bool = False) -> None:
+def plan_stages(stages: list[Stage], registry: Registry, allow_crimes: bool = False,
+                trust_remote_code: bool = False) -> None:
     """Validate and plan every stage before any runs; all problems of all stages in one error."""
     problems: list[Problem] = []
     planned: dict[str, ModelInfo] = {}
@@ -175,7 +190,7 @@ def plan_stages(stages: list[Stage], registry: Registry, allow_crimes: bool = Fa
             if failed & set(stage.deps):
                 failed.add(stage.label)
                 continue  # its inputs could not be planned; their problems are reported
-            stage.plan = make_plan(stage.recipe, registry, allow_crimes, planned)
+            stage.plan = make_plan(stage.recipe, registry, allow_crimes, planned, trust_remote_code)
         except RecipeError as exc:
             problems += [_labelled(p, stage) for p in exc.problems]
             failed.add(stage.label)

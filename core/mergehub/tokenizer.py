@@ -9,6 +9,12 @@ stripped. Tokens named under ``tokens:`` are added when missing. A model whose t
 loaded is taken to have the base's vocabulary, with a warning. (mergekit strips only BPE tokenizers;
 WordLevel, WordPiece and Unigram ones are stripped here too.)
 
+A tokenizer whose files ask transformers to import a Python class of the model's own (an ``auto_map``
+in ``tokenizer_config.json`` or ``config.json``) is code from whoever made the model: it is imported
+only with ``--trust-remote-code``. Without it, the tokenizer base (or a ``tokenizer_source`` model)
+needing it is an error, and any other model's tokenizer is treated as one that does not load (§1.7:
+the base's vocabulary, with a warning saying why). A model's own configuration code is never imported.
+
 transformers is imported only when a recipe asks for a tokenizer or a chat template, so
 ``mergehub validate`` of other recipes stays light.
 """
@@ -117,21 +123,72 @@ def _quiet() -> Iterator[None]:
         logging.set_verbosity(level)
 
 
-def load_tokenizer(directory: Path) -> Any | None:
-    """The fast tokenizer saved in ``directory``, or None when there is none that loads."""
+class RemoteCodeError(MergehubError):
+    """A tokenizer needs a Python class shipped with the model, and --trust-remote-code was not given."""
+
+    def __init__(self, who: str, file: str, reference: str, directory: Path):
+        self.who, self.file, self.reference = who, file, reference
+        super().__init__(
+            f"the tokenizer of {who} needs remote code: its {file} maps AutoTokenizer to {reference}, a Python class "
+            f"shipped in {directory}, and mergehub runs no code from models unless told to",
+            hint="read that code; if you trust it, pass --trust-remote-code to let transformers import it. Otherwise "
+                 "use another model's tokenizer (base_model, or tokenizer_source: <model>)")
+
+
+def remote_code_of(directory: Path) -> tuple[str, str] | None:
+    """(file, class reference) of the custom tokenizer class ``directory`` asks transformers to import, if any.
+
+    transformers reads ``auto_map`` from tokenizer_config.json (a dict with ``AutoTokenizer``, or the
+    older [slow, fast] list) and, in older versions, ``auto_map.AutoTokenizer`` of config.json.
+    """
+    for name in ("tokenizer_config.json", "config.json"):
+        try:
+            auto_map = json.loads((directory / name).read_text(encoding="utf-8")).get("auto_map")
+        except (OSError, ValueError, AttributeError):
+            continue
+        entry = auto_map.get("AutoTokenizer") if isinstance(auto_map, dict) else auto_map
+        refs = [entry] if isinstance(entry, str) else entry if isinstance(entry, list) else []
+        found = next((r for r in refs if isinstance(r, str) and r), None)
+        if found:
+            return name, found
+    return None
+
+
+def load_tokenizer(directory: Path, trust_remote_code: bool = False, who: str | None = None) -> Any | None:
+    """The fast tokenizer saved in ``directory``, or None when there is none that loads.
+
+    Raises :class:`RemoteCodeError` when it needs the model's own code and ``trust_remote_code`` is off.
+    """
     if not any((directory / name).is_file() for name in TOKENIZER_MARKERS):
         return None
+    remote = remote_code_of(directory)
+    if remote is not None and not trust_remote_code:
+        raise RemoteCodeError(who or str(directory), *remote, directory)
     from transformers import AutoTokenizer
 
     try:
         with _quiet():
-            tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True, config=_config_of(directory),
+                                                      trust_remote_code=trust_remote_code)
     except Exception:  # noqa: BLE001 - transformers raises many kinds; every one means "no tokenizer here"
         return None
     return tokenizer if getattr(tokenizer, "backend_tokenizer", None) is not None else None
 
 
-def tokenizer_of(model: Any) -> Any | None:
+def _config_of(directory: Path) -> Any:
+    """The model config the tokenizer loader wants, read without ever importing the model's own config code."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(directory), trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - no config.json, an unknown model type or custom config code
+        try:
+            return PretrainedConfig.from_pretrained(str(directory))
+        except Exception:  # noqa: BLE001 - transformers then works without one
+            return None
+
+
+def tokenizer_of(model: Any, trust_remote_code: bool = False) -> Any | None:
     """A model's tokenizer; for a stage output not written yet, the tokenizer its plan will write."""
     if getattr(model, "planned", False):
         plan = getattr(model.reader, "plan", None)
@@ -139,20 +196,21 @@ def tokenizer_of(model: Any) -> Any | None:
             return None
         if plan.vocab is not None:
             return plan.vocab.tokenizer
-        return tokenizer_of(plan.donor)
-    return load_tokenizer(model.directory)
+        return tokenizer_of(plan.donor, trust_remote_code)
+    return load_tokenizer(model.directory, trust_remote_code, str(model.ref))
 
 
 def _clone(tokenizer: Any, edit: Callable[[Path], None] | None = None) -> Any:
-    """A fresh copy of ``tokenizer`` (saved and loaded again), optionally with its files edited in between."""
-    from transformers import AutoTokenizer
+    """A fresh copy of ``tokenizer`` (saved and loaded again), optionally with its files edited in between.
 
+    Loaded again by its own class, so a copy never resolves (or imports) a tokenizer class anew.
+    """
     files = tempfile.TemporaryDirectory(prefix="mergehub-tokenizer-")
     with _quiet():
         tokenizer.save_pretrained(files.name)
         if edit is not None:
             edit(Path(files.name))
-        clone = AutoTokenizer.from_pretrained(files.name, use_fast=True, trust_remote_code=False)
+        clone = type(tokenizer).from_pretrained(files.name)
     # a tokenizer may read its files again when saved (a sentencepiece model): keep them while it lives
     clone._mergehub_files = files
     return clone
@@ -241,14 +299,16 @@ def union_tokenizer(base: Any, others: list[tuple[str, Any, int | None]], warn: 
     return out
 
 
-def build_output_vocab(settings: TokenizerSettings, models: list[Any], warn: Warn) -> OutputVocab:
+def build_output_vocab(settings: TokenizerSettings, models: list[Any], warn: Warn,
+                       trust_remote_code: bool = False) -> OutputVocab:
     """The output tokenizer and, for every model, the map output id -> its id (-1: it lacks the token).
 
-    ``models`` are the plan's models, the tokenizer base first.
+    ``models`` are the plan's models, the tokenizer base first. ``trust_remote_code`` lets transformers
+    import tokenizer classes shipped with the models (``--trust-remote-code``).
     """
     base = models[0]
     limits = [vocab_size_of(m.config) for m in models]
-    base_tok = tokenizer_of(base)
+    base_tok = tokenizer_of(base, trust_remote_code)
     if base_tok is None:
         raise MergehubError(f"cannot load a fast tokenizer from {base.directory} ({base.ref}), the tokenizer base",
                             hint="the first model (or base_model) supplies the tokenizer: make it a model with "
@@ -256,11 +316,17 @@ def build_output_vocab(settings: TokenizerSettings, models: list[Any], warn: War
     stripped = strip_tokenizer(base_tok, limits[0], str(base.ref))
     loaded: list[Any] = [stripped]
     for model in models[1:]:
-        tokenizer = tokenizer_of(model)
-        if tokenizer is None:
-            warn(f"cannot load the tokenizer of {model.ref}; assuming it is the same as {base.ref}'s")
+        try:
+            tokenizer = tokenizer_of(model, trust_remote_code)
+        except RemoteCodeError as exc:  # §1.7: a tokenizer that does not load is taken to be the base's
+            tokenizer = None
+            warn(f"the tokenizer of {model.ref} needs remote code ({exc.file} maps AutoTokenizer to {exc.reference}), "
+                 f"which only --trust-remote-code allows; assuming it is the same as {base.ref}'s")
+        else:
+            if tokenizer is None:
+                warn(f"cannot load the tokenizer of {model.ref}; assuming it is the same as {base.ref}'s")
         loaded.append(tokenizer)
-    out = _source_tokenizer(settings, models, loaded, limits, warn)
+    out = _source_tokenizer(settings, models, loaded, limits, warn, trust_remote_code)
     missing = [t for t in settings.tokens if t not in out.get_vocab()]
     if missing:
         with _quiet():
@@ -278,7 +344,7 @@ def build_output_vocab(settings: TokenizerSettings, models: list[Any], warn: War
 
 
 def _source_tokenizer(settings: TokenizerSettings, models: list[Any], loaded: list[Any], limits: list[int | None],
-                      warn: Warn) -> Any:
+                      warn: Warn, trust_remote_code: bool = False) -> Any:
     if settings.source == "base":
         return _clone(loaded[0])
     if settings.source == "union":
@@ -286,18 +352,18 @@ def _source_tokenizer(settings: TokenizerSettings, models: list[Any], loaded: li
         return union_tokenizer(loaded[0], others, warn)
     ref: ModelRef = settings.source  # type: ignore[assignment]
     merged = next((m for m in models if m.ref == ref), None)
-    tokenizer = tokenizer_of(merged) if merged is not None else _tokenizer_at(ref)
+    tokenizer = tokenizer_of(merged, trust_remote_code) if merged is not None else _tokenizer_at(ref, trust_remote_code)
     if tokenizer is None:
         raise MergehubError(f"cannot load a fast tokenizer from {ref}, the tokenizer source",
                             hint="name a model that has tokenizer.json, or use tokenizer_source: base / union")
     return _clone(tokenizer)
 
 
-def _tokenizer_at(ref: ModelRef) -> Any | None:
+def _tokenizer_at(ref: ModelRef, trust_remote_code: bool = False) -> Any | None:
     """The tokenizer of a model the recipe does not merge (only its tokenizer is used)."""
     from mergehub.models import locate
 
-    return load_tokenizer(locate(ModelRef(ref.path, ref.revision)))
+    return load_tokenizer(locate(ModelRef(ref.path, ref.revision)), trust_remote_code, str(ref))
 
 
 def _permutation(tokens: list[str | None], vocab: dict[str, int], limit: int | None) -> array:
@@ -317,9 +383,13 @@ def save_tokenizer(tokenizer: Any, directory: Path, template: str | None) -> Non
     _drop_embedded_template(directory)
 
 
-def reserialize(donor: Path, directory: Path, template: str | None) -> bool:
-    """Load the donor's tokenizer and save it again with ``template``; False when it has none that loads."""
-    tokenizer = load_tokenizer(donor)
+def reserialize(donor: Path, directory: Path, template: str | None, trust_remote_code: bool = False) -> bool:
+    """Load the donor's tokenizer and save it again with ``template``; False when it has none that loads
+    (one that needs remote code without ``trust_remote_code`` included: its files are copied instead)."""
+    try:
+        tokenizer = load_tokenizer(donor, trust_remote_code)
+    except RemoteCodeError:
+        return False
     if tokenizer is None:
         return False
     save_tokenizer(tokenizer, directory, template)

@@ -34,8 +34,8 @@ def read_recipe(path: str, reg: Registry, documents: list[Document] | None = Non
     return recipe
 
 
-def plan_recipe(recipe: Recipe, reg: Registry, allow_crimes: bool = False) -> Plan:
-    plan = make_plan(recipe, reg, allow_crimes=allow_crimes)
+def plan_recipe(recipe: Recipe, reg: Registry, allow_crimes: bool = False, trust_remote_code: bool = False) -> Plan:
+    plan = make_plan(recipe, reg, allow_crimes=allow_crimes, trust_remote_code=trust_remote_code)
     for message in plan.warnings:
         warn(message)
     return plan
@@ -46,4 +46,10 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options about the input models, shared by merge, mega, plan and validate (the verbs that plan)."""
     parser.add_argument("--allow-crimes", action="store_true", help="allow merging models of different architectures")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let transformers import a tokenizer class shipped as Python code with a model "
+                             "(an auto_map in its tokenizer_config.json); without it such a tokenizer base is an "
+                             "error and other such tokenizers count as unloadable (warning). Model and config code "
+                             "is never run")

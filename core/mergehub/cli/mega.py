@@ -26,12 +26,13 @@ def run(args: argparse.Namespace, documents: list[Document] | None = None) -> in
     out: Path = args.out or Path("merged") / args.config.stem
     intermediate: Path = args.intermediate_dir or default_intermediate(out)
     stages = split_stages(documents, out, intermediate)
-    plan_stages(stages, reg, args.allow_crimes)
+    plan_stages(stages, reg, args.allow_crimes, args.trust_remote_code)
     for stage in stages:
         for message in stage.plan.warnings if stage.plan else []:
             warn(f"stage {stage.label}: {message}")
     options = RunOptions(force=args.force, reuse=not args.no_reuse, shard_size=args.shard_size, seed=args.seed,
-                         device=args.device, allow_crimes=args.allow_crimes, max_memory=args.max_memory,
+                         device=args.device, allow_crimes=args.allow_crimes, trust_remote_code=args.trust_remote_code,
+                         max_memory=args.max_memory,
                          resume=args.resume, allow_nonfinite=args.allow_nonfinite)
     merge_verb.check_device(args.device)
     backend = reg.io_backend("safetensors").load()

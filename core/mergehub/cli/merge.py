@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out or Path("merged") / args.config.stem
     check_output(out, args.force)
     check_device(args.device)
-    plan = plan_recipe(recipe, reg, args.allow_crimes)
+    plan = plan_recipe(recipe, reg, args.allow_crimes, args.trust_remote_code)
     check_supported(plan)
     backend = reg.io_backend("safetensors").load()
     total = plan.bytes_to_write()

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     reg = registry()
     target: Path = args.out or Path("merged") / args.config.stem
     stages = split_stages(read_recipe_file(args.config), target, args.intermediate_dir or default_intermediate(target))
-    plan_stages(stages, reg, args.allow_crimes)
+    plan_stages(stages, reg, args.allow_crimes, args.trust_remote_code)
     prints = fingerprints(stages, reg, args.seed)
     rows = []
     for stage in stages:

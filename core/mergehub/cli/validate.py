@@ -30,14 +30,14 @@ def run(args: argparse.Namespace) -> int:
         from mergehub.stages import plan_stages, split_stages
 
         stages = split_stages(documents, Path("merged") / args.config.stem, Path("merged") / f"{args.config.stem}.stages")
-        plan_stages(stages, reg, args.allow_crimes)
+        plan_stages(stages, reg, args.allow_crimes, args.trust_remote_code)
         for stage in stages:
             for message in stage.plan.warnings if stage.plan else []:
                 warn(f"stage {stage.label}: {message}")
             out.print(f"[green]ok[/green] stage {stage.label}: {summary(stage.plan)}")  # type: ignore[arg-type]
         return 0
     recipe = read_recipe(str(args.config), reg, documents)
-    plan = plan_recipe(recipe, reg, args.allow_crimes)
+    plan = plan_recipe(recipe, reg, args.allow_crimes, args.trust_remote_code)
     plan.close()
     out.print(f"[green]ok[/green] {args.config}: {summary(plan)}")
     return 0

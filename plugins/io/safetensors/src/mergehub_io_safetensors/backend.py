@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from mergehub.dtypes import CODES_BY_NAME, SAFETENSORS_CODES, nbytes
 from mergehub.errors import MergehubError
 from mergehub.models import TensorHeader
+from mergehub_io_safetensors.damage import header_problem
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -39,29 +40,42 @@ class SafetensorsBackend:
 
 
 class SafetensorsReader:
-    """Maps tensor names to files; opens each file lazily, memory-mapped."""
+    """Maps tensor names to files, memory-mapped.
+
+    Every file is opened (which reads and checks its header, not its data) when the reader is
+    made, so a damaged or cut-short download, or an index placing tensors in a shard that lacks
+    them, is reported while planning, before anything is written.
+    """
 
     def __init__(self, directory: Path):
         self.directory = directory
         self.files: dict[str, Any] = {}
         index = directory / INDEX
         if index.is_file():
-            try:
-                self.where = dict(json.loads(index.read_text())["weight_map"])
-            except (OSError, ValueError, KeyError) as exc:
-                raise MergehubError(f"cannot read {index}: {exc}", hint="the index file is damaged; re-download the model") from exc
+            self.where = read_index(index)
+            self._check_shards(index)
         else:
-            files = [directory / SINGLE] if (directory / SINGLE).is_file() else sorted(directory.glob("*.safetensors"))
+            files = [directory / SINGLE] if (directory / SINGLE).is_file() else sorted(
+                path for path in directory.glob("*.safetensors") if path.is_file())
             self.where = {name: f.name for f in files for name in self._handle(f.name).keys()}
 
-    def _handle(self, file: str) -> Any:
+    def _check_shards(self, index: Path) -> None:
+        """Open every shard the index names; each must hold the tensors the index places in it."""
+        listed: dict[str, list[str]] = {}
+        for name, file in self.where.items():
+            listed.setdefault(file, []).append(name)
+        for file, names in listed.items():
+            present = set(self._handle(file, index).keys())
+            lost = [name for name in names if name not in present]
+            if lost:
+                shown = ", ".join(lost[:3]) + (" …" if len(lost) > 3 else "")
+                raise MergehubError(f"{self.directory / file} lacks {len(lost)} tensor(s) that {index.name} places in it: "
+                                    f"{shown}", hint="the index and the shards come from different versions of the model; "
+                                                     "re-download it")
+
+    def _handle(self, file: str, index: Path | None = None) -> Any:
         if file not in self.files:
-            path = self.directory / file
-            try:
-                self.files[file] = safe_open(str(path), framework="pt")
-            except (SafetensorError, OSError) as exc:
-                raise MergehubError(f"cannot open {path}: {exc}",
-                                    hint="the file is missing, truncated or not a safetensors file; re-download it") from exc
+            self.files[file] = open_file(self.directory / file, index)
         return self.files[file]
 
     def tensor_names(self) -> list[str]:
@@ -69,7 +83,11 @@ class SafetensorsReader:
 
     def header(self, name: str) -> TensorHeader:
         sliced = self._handle(self.where[name]).get_slice(name)
-        return TensorHeader(SAFETENSORS_CODES[sliced.get_dtype()], tuple(sliced.get_shape()))
+        code = sliced.get_dtype()
+        if code not in SAFETENSORS_CODES:
+            raise MergehubError(f"tensor {name} in {self.directory / self.where[name]} has dtype {code}, which mergehub "
+                                "cannot read", hint="convert the model to one of: " + ", ".join(SAFETENSORS_CODES))
+        return TensorHeader(SAFETENSORS_CODES[code], tuple(sliced.get_shape()))
 
     def read(self, name: str) -> torch.Tensor:
         return self._handle(self.where[name]).get_tensor(name)
@@ -80,6 +98,44 @@ class SafetensorsReader:
 
     def close(self) -> None:
         self.files.clear()
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The index's tensor -> shard map; a shard must be a plain file name beside the index."""
+    hint = "the index file is damaged; re-download the model"
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MergehubError(f"cannot read {index}: {exc}", hint=hint) from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise MergehubError(f"{index} has no weight_map mapping tensor names to shard files", hint=hint)
+    for file in sorted(set(weight_map.values())):
+        if Path(file).name != file or file in ("", ".", ".."):
+            raise MergehubError(f"{index} places tensors in {file!r}, which is not a file beside the index",
+                                hint="shards must sit in the model directory itself; " + hint)
+    return dict(weight_map)
+
+
+def open_file(path: Path, index: Path | None = None) -> Any:
+    """``safe_open`` with errors that name the file and, for a damaged header, the tensor and the numbers."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except FileNotFoundError:
+        listed = f", which {index.name} lists," if index is not None else ""
+        raise MergehubError(f"{path}{listed} is missing",
+                            hint="the download is incomplete; download the model again") from None
+    except SafetensorError as exc:
+        try:
+            reason = header_problem(path) or str(exc)
+        except OSError:
+            reason = str(exc)
+        raise MergehubError(f"{path} is not a readable safetensors file: {reason}",
+                            hint="the file is damaged or was cut short; re-download it "
+                                 "(compare its size with the source's)") from exc
+    except OSError as exc:
+        raise MergehubError(f"cannot open {path}: {exc.strerror or exc}",
+                            hint="check that the file exists and that you may read it") from exc
 
 
 class StreamingWriter:
