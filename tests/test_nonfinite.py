@@ -45,3 +45,18 @@ def test_nan_made_by_the_method_from_finite_inputs(tmp_path, tiny_models):
     assert result.returncode == 1 and "Traceback" not in result.output
     assert "NaN/Inf values in model.embed_tokens.weight" in text and "method 'linear' produced them from finite inputs" in text
     assert not (tmp_path / "out").exists()
+
+
+def test_the_fast_check_finds_every_nan_and_inf_and_no_false_alarm():
+    from mergehub.finite import all_finite
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        x = torch.randn(1000, dtype=torch.float32).to(dtype)
+        assert all_finite(x)
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            for where in (0, 499, 999):
+                y = x.clone()
+                y[where] = bad
+                assert not all_finite(y), (dtype, bad, where)
+    big = torch.full((64,), 60000.0, dtype=torch.float16)  # finite, but its float16 sum overflows
+    assert torch.isinf(big.sum()) and all_finite(big)
