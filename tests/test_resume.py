@@ -151,7 +151,11 @@ def test_a_second_run_on_the_same_output_is_locked_out(tmp_path, setup):
     while done_count(out) < 2:
         assert first.poll() is None
         time.sleep(0.005)
-    second = run_cli("merge", cfg, "--out", out, *OPTIONS, "--force")
+    first.send_signal(signal.SIGSTOP)  # paused, still holding the lock: no race with the second run
+    try:
+        second = run_cli("merge", cfg, "--out", out, *OPTIONS, "--force")
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 1 and "Traceback" not in second.output
     assert f"another mergehub run (process {first.pid}) is writing" in " ".join(second.output.split())
     _, stderr = first.communicate(timeout=120)
