@@ -102,7 +102,7 @@ def test_sigint_and_sigterm_stop_cleanly_and_say_how_to_resume(tmp_path, setup, 
     cfg, reference, _ = setup
     out = tmp_path / "run" / "out"
     code, stderr = stop_after(start(cfg, out), out, 20, sig)
-    assert code == 130 and "Traceback" not in stderr
+    assert code == 130 and "Traceback" not in stderr, stderr
     assert "tensors are saved in" in stderr and "--resume" in stderr
     assert_nothing_looks_finished(out)
     again = run_cli("merge", cfg, "--out", out, *OPTIONS)  # neither --resume nor --force: the work is not thrown away

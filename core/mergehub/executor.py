@@ -21,6 +21,7 @@ from mergehub import allocator, dtypes
 from mergehub.blocks import DEFAULT_MAX_MEMORY, pass_indices, plan_blocks
 from mergehub.errors import MergehubError
 from mergehub.estimate import peak_bytes
+from mergehub.interrupt import StopRequest
 from mergehub.finite import check_finite
 from mergehub.plan import OutputTensor, Plan
 from mergehub.resume import Journal
@@ -165,7 +166,7 @@ class Executor:
         """
         shards = layout_shards(self.plan.tensors, shard_size)
         skip = journal.done if journal else 0
-        with ThreadPoolExecutor(1, thread_name_prefix="mergehub-writer") as pool:
+        with ThreadPoolExecutor(1, thread_name_prefix="mergehub-writer") as pool, StopRequest() as stop:
             for shard in shards:
                 if skip >= len(shard.tensors):
                     skip -= len(shard.tensors)
@@ -176,16 +177,17 @@ class Executor:
                     backend.writer(directory / shard.file, entries, {"format": "pt"})
                 with opener as writer:
                     _advance(progress, shard.tensors[:skip])
-                    self._write_shard(pool, writer, shard.tensors[skip:], progress, journal)
+                    self._write_shard(pool, writer, shard.tensors[skip:], progress, journal, stop)
                 skip = 0
         return shards
 
     def _write_shard(self, pool: ThreadPoolExecutor, writer: Any, tensors: list[OutputTensor],
-                     progress: Progress | None, journal: Journal | None) -> None:
+                     progress: Progress | None, journal: Journal | None, stop: StopRequest) -> None:
         pending: deque[Future] = deque()
         try:
             for spec in tensors:
                 for block in self.compute(spec):
+                    stop.check()  # Ctrl-C/SIGTERM: stop here, with every written tensor recorded
                     pending.append(pool.submit(writer.write, spec.name, block))
                     while len(pending) > 1:
                         pending.popleft().result()
