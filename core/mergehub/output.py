@@ -118,21 +118,18 @@ def _journal(tmp: Path, out: Path, identity: dict[str, Any], resume: bool, resta
 
 
 def _after_failure(tmp: Path, journal: Journal, total: int, exc: BaseException) -> None:
-    """Keep finished work for --resume; say how to continue."""
-    if not journal.done:
+    """Keep finished work for --resume (a partial directory without any is removed); say how to continue."""
+    done = journal.done
+    if not done:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, KeyboardInterrupt):
-            raise MergeInterrupted("interrupted before any tensor was complete; nothing was written") from exc
-        if isinstance(exc, OSError) and exc.errno in FULL:
-            raise _disk_full(exc, tmp, journal.done, total) from exc
-        return
     if isinstance(exc, KeyboardInterrupt):
-        raise MergeInterrupted(f"interrupted: {journal.done} of {total} tensors are saved in {tmp}; "
-                               "run the same command with --resume to continue") from exc
+        raise MergeInterrupted(f"interrupted: {done} of {total} tensors are saved in {tmp}; run the same command "
+                               "with --resume to continue" if done else
+                               "interrupted before any tensor was complete; nothing was written") from exc
     if isinstance(exc, OSError) and exc.errno in FULL:
-        raise _disk_full(exc, tmp, journal.done, total) from exc
-    if isinstance(exc, MergehubError) and not isinstance(exc, RecipeError):  # e.g. NaN at 90 %: keep the 90 %
-        kept = (f"{journal.done} of {total} finished tensors are kept in {tmp}: after fixing this, --resume "
+        raise _disk_full(exc, tmp, done, total) from exc
+    if done and isinstance(exc, MergehubError) and not isinstance(exc, RecipeError):  # NaN at 90 %: keep the 90 %
+        kept = (f"{done} of {total} finished tensors are kept in {tmp}: after fixing this, --resume "
                 "continues (same recipe and inputs), --force starts over")
         exc.hint = f"{exc.hint}; {kept}" if exc.hint else kept
 

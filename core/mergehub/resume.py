@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +82,13 @@ class Journal:
     directory: Path
     identity: dict[str, Any]
     done: int = 0  # tensors completely written, in plan order
-    shards: list[str] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
         return self.directory / JOURNAL
 
     def save(self) -> None:
-        text = json.dumps({"identity": self.identity, "done": self.done, "shards": self.shards}, indent=1)
+        text = json.dumps({"identity": self.identity, "done": self.done}, indent=1)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(text + "\n")
         os.replace(tmp, self.path)
@@ -105,7 +104,7 @@ class Journal:
     def load(cls, directory: Path) -> Journal | None:
         try:
             data = json.loads((directory / JOURNAL).read_text())
-            return cls(directory, dict(data["identity"]), int(data["done"]), list(data.get("shards") or []))
+            return cls(directory, dict(data["identity"]), int(data["done"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
