@@ -59,17 +59,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mergehub.testing import CliResult, forward_pass, load_state, run_cli
+from mergehub.testing import flat_output as flat
 
 OUT = "merged"
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
-def flat(text: str) -> str:
-    """The CLI output without rich's panel borders, whitespace runs collapsed (long messages wrap)."""
-    lines = [line.strip().strip("│╭╮╰╯─").strip() for line in text.splitlines()]
-    return re.sub(r"\s+", " ", " ".join(lines))
-
-
 def write(tmp_path: Path, text: str, name: str = "recipe.yml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text).lstrip("\n"))

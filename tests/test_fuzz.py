@@ -99,6 +99,15 @@ class World:
         recipe = load_recipe(documents[0], self.registry)
         make_plan(recipe, self.registry).close()
 
+    def accepts(self, text: str, what: str) -> None:
+        """A valid ``text`` must plan; a refusal fails the test with every problem it named."""
+        try:
+            self.check(text)
+        except MergehubError as exc:
+            problems = getattr(exc, "problems", [])
+            details = "\n".join(f"{p.where('fuzz.yaml')}: {p.message}" for p in problems) or exc.message
+            raise AssertionError(f"a valid {what} was refused:\n{text}\n{details}") from None
+
     def refuses_only_cleanly(self, text: str) -> None:
         try:
             self.check(text)
@@ -346,26 +355,13 @@ def edited_text(text: str) -> st.SearchStrategy[str]:
 @fuzz(200)
 @given(st.data())
 def test_valid_recipes_plan_without_error(world: World, data: st.DataObject) -> None:
-    recipe = data.draw(valid_recipe(world.models), label="recipe")
-    text = dump(recipe)
-    try:
-        world.check(text)
-    except MergehubError as exc:
-        problems = getattr(exc, "problems", [])
-        details = "\n".join(f"{p.where('fuzz.yaml')}: {p.message}" for p in problems) or exc.message
-        raise AssertionError(f"a valid recipe was refused:\n{text}\n{details}") from None
+    world.accepts(dump(data.draw(valid_recipe(world.models), label="recipe")), "recipe")
 
 
 @fuzz(30)
 @given(st.data())
 def test_valid_multi_stage_recipes_plan_without_error(world: World, data: st.DataObject) -> None:
-    text = dump_all(data.draw(valid_stages(world.models), label="stages"))
-    try:
-        world.check(text)
-    except MergehubError as exc:
-        problems = getattr(exc, "problems", [])
-        details = "\n".join(f"{p.where('fuzz.yaml')}: {p.message}" for p in problems) or exc.message
-        raise AssertionError(f"a valid multi-stage recipe was refused:\n{text}\n{details}") from None
+    world.accepts(dump_all(data.draw(valid_stages(world.models), label="stages")), "multi-stage recipe")
 
 
 @fuzz(400)

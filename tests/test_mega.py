@@ -9,16 +9,13 @@ from pathlib import Path
 
 import torch
 
+from mergehub.testing import flat_output as flat
 from mergehub.testing import forward_pass, load_state, run_cli
 
 
 def write(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text).lstrip("\n"))
     return path
-
-
-def flat(text: str) -> str:
-    return " ".join(text.replace("│", " ").split())
 
 
 def three_stages(tmp_path: Path, a: Path, b: Path, c: Path, blend_weight: float = 0.5) -> Path:

@@ -9,18 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergehub.testing import forward_pass, load_state, run_cli
+from mergehub.testing import forward_pass, load_state, merge_ok, run_cli
 
 
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
-
-
-def merge_ok(cfg: Path, out: Path, *extra: str) -> str:
-    result = run_cli("merge", cfg, "--out", out, *extra)
-    assert result.returncode == 0, result.output
-    return result.output
 
 
 def test_linear_models_syntax_matches_weighted_mean(tmp_path, tiny_models):

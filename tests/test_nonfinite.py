@@ -23,7 +23,7 @@ def test_nan_from_an_input_names_the_tensor_and_the_model(tmp_path, tiny_models)
     cfg.write_text(f"merge_method: linear\nparameters: {{weight: 1}}\nmodels:\n  - model: {good}\n  - model: {bad}\n")
 
     result = run_cli("merge", cfg, "--out", tmp_path / "out")
-    text = " ".join(result.output.split()).replace("│ ", "")
+    text = result.flat
     assert result.returncode == 1 and "Traceback" not in result.output
     assert f"1 NaN/Inf values in {NAME}" in text and str(bad) in text and "--allow-nonfinite" in text
     assert not (tmp_path / "out").exists()
@@ -41,7 +41,7 @@ def test_nan_made_by_the_method_from_finite_inputs(tmp_path, tiny_models):
     cfg.write_text(f"merge_method: linear\nparameters: {{normalize: true}}\nmodels:\n"
                    f"  - model: {a}\n    parameters: {{weight: 1}}\n  - model: {b}\n    parameters: {{weight: -1}}\n")
     result = run_cli("merge", cfg, "--out", tmp_path / "out")
-    text = " ".join(result.output.split()).replace("│ ", "")
+    text = result.flat
     assert result.returncode == 1 and "Traceback" not in result.output
     assert "NaN/Inf values in model.embed_tokens.weight" in text and "method 'linear' produced them from finite inputs" in text
     assert not (tmp_path / "out").exists()

@@ -15,15 +15,10 @@ from pathlib import Path
 import torch
 
 from mergehub.testing import CliResult, load_state, run_cli
+from mergehub.testing import flat_output as flat
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
-def flat(text: str) -> str:
-    """The CLI output with rich's panel borders removed and all whitespace runs collapsed to one space."""
-    lines = [line.strip().strip("│╭╮╰╯─").strip() for line in text.splitlines()]
-    return re.sub(r"\s+", " ", " ".join(lines))
-
-
 def write(tmp_path: Path, text: str, name: str = "recipe.yml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text).lstrip("\n"))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mergehub.testing import run_cli
+from mergehub.testing import flat_output, run_cli
 
 OPTIONS = ["--max-memory", "32KiB", "--shard-size", "2MB", "--seed", "7"]
 
@@ -120,16 +120,16 @@ def test_changed_recipe_or_inputs_refuse_to_resume_and_force_starts_over(tmp_pat
     cfg.write_text(original.replace("density: 0.5", "density: 0.6"))
     changed = run_cli("merge", cfg, "--out", out, *OPTIONS, "--resume")
     assert changed.returncode == 1 and "Traceback" not in changed.output
-    assert "the recipe changed" in " ".join(changed.output.split())
+    assert "the recipe changed" in changed.flat
     cfg.write_text(original)
     seed = run_cli("merge", cfg, "--out", out, *OPTIONS[:-1], "8", "--resume")
-    assert seed.returncode == 1 and "--seed changed (was 7, now 8)" in " ".join(seed.output.split())
+    assert seed.returncode == 1 and "--seed changed (was 7, now 8)" in seed.flat
     config = a / "config.json"
     stat = config.stat()
     try:
         os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
         touched = run_cli("merge", cfg, "--out", out, *OPTIONS, "--resume")
-        text = " ".join(touched.output.split()).replace("│ ", "")
+        text = touched.flat
         assert touched.returncode == 1 and f"the files of model {a} changed" in text
     finally:
         os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -157,7 +157,7 @@ def test_a_second_run_on_the_same_output_is_locked_out(tmp_path, setup):
     finally:
         first.send_signal(signal.SIGCONT)
     assert second.returncode == 1 and "Traceback" not in second.output
-    assert f"another mergehub run (process {first.pid}) is writing" in " ".join(second.output.split())
+    assert f"another mergehub run (process {first.pid}) is writing" in second.flat
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stderr
     assert files(out) == files(reference)
@@ -176,7 +176,7 @@ def test_full_disk_is_a_clear_error_that_keeps_the_work(tmp_path, setup):
     out = tmp_path / "run" / "out"
     proc = start(cfg, out, *one_shard, preexec_fn=_limit_file_size)
     _, stderr = proc.communicate(timeout=300)
-    text = " ".join(stderr.split()).replace("│ ", "")
+    text = flat_output(stderr)
     assert proc.returncode == 1 and "Traceback" not in stderr
     assert "no space left for the output" in text and "--resume" in text and "tensors are kept in" in text
     assert_nothing_looks_finished(out)
@@ -199,6 +199,6 @@ def test_multi_stage_recipe_resumes_the_interrupted_stage(tmp_path, setup):
     assert code == 130 and "--resume" in stderr
     result = run_cli("merge", cfg, "--out", out, *OPTIONS, "--resume")
     assert result.returncode == 0, result.output
-    assert "stage mid: reused" in " ".join(result.output.split())
+    assert "stage mid: reused" in result.flat
     weights = lambda d: {k: v for k, v in files(d).items() if k.endswith((".safetensors", ".json")) and "stage" not in k}
     assert weights(out) == weights(reference) and len(weights(out)) > 3  # the card and stamp name the stage paths

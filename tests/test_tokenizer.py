@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergehub.testing import build_tiny_model, forward_pass, load_state, run_cli
+from mergehub.testing import build_tiny_model, forward_pass, load_state, merge_ok, run_cli
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 WORDS_A = [f"w{i}" for i in range(3, 50)]
@@ -43,12 +43,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
-
-
-def merge_ok(cfg: Path, out: Path, *extra: str) -> str:
-    result = run_cli("merge", cfg, "--out", out, *extra)
-    assert result.returncode == 0, result.output
-    return result.output
 
 
 def vocab_of(directory: Path) -> dict[str, int]:

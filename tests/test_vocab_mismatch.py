@@ -11,7 +11,7 @@ def test_different_vocab_sizes_are_a_clear_plan_error(tmp_path, tiny_models):
     cfg.write_text(f"merge_method: linear\nparameters: {{weight: 1}}\nmodels:\n  - model: {small}\n  - model: {large}\n")
     for verb in (("validate", cfg), ("merge", cfg, "--out", tmp_path / "out")):
         result = run_cli(*verb)
-        text = " ".join(result.output.split()).replace("│ ", "")
+        text = result.flat
         assert result.returncode == 1 and "Traceback" not in result.output
         assert "model.embed_tokens.weight has different shapes" in text
         assert "(64, 16)" in text and "(80, 16)" in text

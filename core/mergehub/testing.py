@@ -9,6 +9,7 @@ a fresh plugin registry.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -77,6 +78,16 @@ class CliResult:
     def output(self) -> str:
         return self.stdout + self.stderr
 
+    @property
+    def flat(self) -> str:
+        """``output`` as one line, for substring checks of messages that rich wrapped in a panel."""
+        return flat_output(self.output)
+
+
+def flat_output(text: str) -> str:
+    """Rich's panel borders removed and every run of whitespace collapsed to one space."""
+    return re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯]|─{2,}", " ", text)).strip()
+
 
 def related_tensors(shape: tuple[int, ...], dtype: Any, n: int = 4, seed: int = 0) -> list[Any]:
     """A random base tensor and ``n - 1`` variants of it (noise of std 0.1), like fine-tunes of one model."""
@@ -120,6 +131,13 @@ def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | No
     proc = subprocess.run([sys.executable, "-m", "mergehub", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=600)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def merge_ok(cfg: Path, out: Path, *extra: str | Path) -> str:
+    """``mergehub merge cfg --out out …`` that must succeed; returns its output."""
+    result = run_cli("merge", cfg, "--out", out, *extra)
+    assert result.returncode == 0, result.output
+    return result.output
 
 
 def load_state(directory: Path) -> dict[str, Any]:

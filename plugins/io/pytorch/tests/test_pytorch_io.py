@@ -10,7 +10,6 @@ from __future__ import annotations
 import fractions
 import json
 import os
-import re
 import shlex
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from mergehub.errors import MergehubError
 from mergehub.models import open_reader
-from mergehub.testing import CliResult, forward_pass, load_state, run_cli
+from mergehub.testing import CliResult, forward_pass, load_state, merge_ok, run_cli
 from mergehub_io_pytorch.backend import INDEX, PytorchBackend, PytorchReader
 
 
@@ -53,13 +52,8 @@ def write_recipe(path: Path, *models: tuple[Path, float]) -> Path:
     return path
 
 
-def merge_ok(cfg: Path, out: Path, *extra: str) -> None:
-    result = run_cli("merge", cfg, "--out", out, *extra)
-    assert result.returncode == 0, result.output
-
-
 def assert_clean_failure(result: CliResult, *needles: str) -> str:
-    text = re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", result.output))
+    text = result.flat
     assert result.returncode == 1, result.output
     assert "Traceback" not in result.output, result.output
     for needle in needles:
