@@ -166,15 +166,35 @@ def test_out_dtype_and_sharded_input(tmp_path, tiny_models):
     assert json.loads((tmp_path / "out/config.json").read_text())["dtype"] == "float16"
 
 
-def test_unknown_architecture_is_inferred_with_a_warning(tmp_path, tiny_models):
+@pytest.mark.parametrize("disabled, said", [
+    ("mergehub-arch-llama,mergehub-arch-transformers", "inferred 2 layers"),
+    ("mergehub-arch-llama", None),  # transformers' own Llama: derived, no warning
+])
+def test_without_a_definition_the_layout_is_derived_or_inferred(tmp_path, tiny_models, disabled, said):
     a, b = tiny_models("a", layers=2, seed=1), tiny_models("b", layers=2, seed=2)
     cfg = write(tmp_path / "r.yaml", f"merge_method: linear\nparameters: {{weight: 1}}\nmodels:\n  - model: {a}\n  - model: {b}\n")
-    result = run_cli("merge", cfg, "--out", tmp_path / "out", env={"MERGEHUB_DISABLE_PLUGINS": "mergehub-arch-llama"})
+    result = run_cli("merge", cfg, "--out", tmp_path / "out", env={"MERGEHUB_DISABLE_PLUGINS": disabled})
     assert result.returncode == 0, result.output
-    assert "inferred 2 layers" in result.output and "LlamaForCausalLM" in result.output
+    assert (said in result.output and "LlamaForCausalLM" in result.output) if said else "inferred" not in result.output
     out, sa, sb = load_state(tmp_path / "out"), load_state(a), load_state(b)
     assert set(out) == set(sa)
     assert all(torch.allclose(out[n], (sa[n] + sb[n]) / 2, atol=1e-6) for n in sa)
+    forward_pass(tmp_path / "out")
+
+
+@pytest.mark.parametrize("disabled", ["mergehub-arch-llama,mergehub-arch-transformers", "mergehub-arch-llama"])
+def test_slices_take_the_final_tensors_from_the_last_slice_without_a_definition(tmp_path, tiny_models, disabled):
+    """Inferred and derived layouts alike: embeddings from the first slice's model, norm and lm_head from the last's."""
+    a, b = tiny_models("a", layers=2, seed=1), tiny_models("b", layers=2, seed=2)
+    cfg = write(tmp_path / "r.yaml", f"merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 2]}}]\n"
+                                     f"  - sources: [{{model: {b}, layer_range: [1, 2]}}]\n")
+    result = run_cli("merge", cfg, "--out", tmp_path / "out", env={"MERGEHUB_DISABLE_PLUGINS": disabled})
+    assert result.returncode == 0, result.output
+    out, sa, sb = load_state(tmp_path / "out"), load_state(a), load_state(b)
+    assert torch.equal(out["model.embed_tokens.weight"], sa["model.embed_tokens.weight"])
+    for name in ("model.norm.weight", "lm_head.weight"):
+        assert torch.equal(out[name], sb[name]), name
+    assert torch.equal(out["model.layers.2.mlp.up_proj.weight"], sb["model.layers.1.mlp.up_proj.weight"])
     forward_pass(tmp_path / "out")
 
 

@@ -10,6 +10,8 @@ Hooks are only ever added to: new information arrives as new optional arguments.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pluggy
 
 from mergehub.specs import ArchitectureSpec, IOBackendSpec, MethodSpec
@@ -40,6 +42,21 @@ def mergehub_register_architectures() -> list[ArchitectureSpec]:
     names before, inside and after the repeated layers, the ``config.json`` key that
     holds the layer count, and which tensors are vocabulary-indexed or tied. It is
     matched against a model's ``config.json`` ``architectures`` entry.
+    """
+
+
+@hookspec(firstresult=True)
+def mergehub_derive_architecture(config: dict[str, Any], tensor_names: list[str],
+                                 trust_remote_code: bool) -> ArchitectureSpec | None:
+    """Derive a definition for a model no registered definition serves, or return None.
+
+    Called while planning, once per input model whose ``config.json`` ``architectures`` entry
+    no plugin's definition names. ``config`` is that ``config.json``, ``tensor_names`` the
+    names in its weight files (headers only: no tensor is read), ``trust_remote_code`` the
+    user's ``--trust-remote-code``. Return an :class:`ArchitectureSpec` whose definition
+    follows the core's architecture schema (it is validated like a registered one), typically
+    with ``layer_values`` for the per-layer config keys the file leaves out. The first plugin
+    that returns one wins; when none does, the core infers a layout from tensor names.
     """
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from mergehub import dtypes
 from mergehub.architecture import Layout, WeightDef, resolve_layout, set_key
+from mergehub.layerconfig import check_output_config, rebuild_layer_keys
 from mergehub.config import ModelRef, Recipe, Slice, Source
 from mergehub.contract import check_contract
 from mergehub.errors import MergehubError, Problem, RecipeError
@@ -64,6 +65,8 @@ class Plan:
     num_layers: int
     config: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    #: for each output layer: (index into models, source layer) of its slice's first source
+    layer_sources: list[tuple[int, int]] = field(default_factory=list)
     vocab: OutputVocab | None = None  # the output tokenizer, when the recipe asks for one
     chat_template: str | None = None  # the template text to write, resolved from the recipe
     trust_remote_code: bool = False  # --trust-remote-code: tokenizers may import the models' own classes
@@ -124,7 +127,7 @@ class Planner:
         self.index = {m.ref: i for i, m in enumerate(models)}
         self.models = models
         self.names = [set(m.reader.tensor_names()) for m in models]
-        layout, warnings = resolve_layout(models, self.registry, self.allow_crimes)
+        layout, warnings = resolve_layout(models, self.registry, self.allow_crimes, self.trust_remote_code)
         self.layout = layout
         self.vocab = self.build_vocab()
         self.fail_if_problems()
@@ -135,9 +138,13 @@ class Planner:
         self.fail_if_problems()
         num_layers = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in slices)  # type: ignore[index]
         template = self.chat_template()
-        plan = Plan(self.recipe, models, layout, tensors, num_layers, {}, warnings + self.vocab_warnings, self.vocab,
-                    template, self.trust_remote_code)
+        plan = Plan(self.recipe, models, layout, tensors, num_layers, {}, warnings + self.vocab_warnings,
+                    self.layer_sources, self.vocab, template, self.trust_remote_code)
         plan.config = output_config(plan)
+        problem = check_output_config(plan)
+        if problem:
+            self.add(("slices",) if self.recipe.syntax == "slices" else ("models",), problem[0], problem[1])
+            self.fail_if_problems()
         plan.warnings += self.unused_tensor_warnings(tensors) + unknown_tokens_warning(self.unknown_tokens)
         return plan
 
@@ -262,26 +269,39 @@ class Planner:
 
     # -- tensors -----------------------------------------------------------------------
     def expand(self, slices: list[Slice]) -> list[OutputTensor]:
+        """Pre-layer tensors (and stacks before the main one) from the first slice's models, the
+        layers slice by slice, then post-layer tensors (and later stacks) from the last slice's models."""
         out: list[OutputTensor] = []
         first, last = slices[0], slices[-1]
-        for weight in self.layout.pre:
+        for weight in self.layout.pre + self.stack_weights(first, "pre"):
             self.emit(out, weight, first, weight.name, [None] * len(first.sources), 0.0)
         offset = 0
+        self.layer_sources = []
         for slice_ in slices:
             n = slice_.sources[0].layer_range[1] - slice_.sources[0].layer_range[0]  # type: ignore[index]
             for k in range(n if id(slice_) not in self.broken else 0):
+                layers = [s.layer_range[0] + k for s in slice_.sources]  # type: ignore[index]
+                self.layer_sources.append((self.index[slice_.sources[0].model], layers[0]))
                 for weight in self.layout.layer:
-                    layers = [s.layer_range[0] + k for s in slice_.sources]  # type: ignore[index]
                     self.emit(out, weight, slice_, weight.at(offset + k), layers, layer_position(k, n))
             offset += n
-        for weight in self.layout.post:
+        for weight in self.stack_weights(last, "post") + self.layout.post:
             self.emit(out, weight, last, weight.name, [None] * len(last.sources), 0.0)
         return out
+
+    def stack_weights(self, slice_: Slice, position: str) -> tuple[WeightDef, ...]:
+        """The tensors of the other stacks (vision tower, encoder) at ``position``, merged whole."""
+        config = self.models[self.index[slice_.sources[0].model]].config
+        try:
+            return tuple(w for stack in self.layout.stacks if stack.position == position for w in stack.expand(config))
+        except MergehubError as exc:
+            self.add(slice_.sources[0].path + ("model",), f"{slice_.sources[0].model}: {exc.message}", exc.hint)
+            return ()
 
     def emit(self, out: list[OutputTensor], weight: WeightDef, slice_: Slice, out_name: str,
              layers: list[int | None], t: float) -> None:
         """Plan one output tensor from the sources of ``slice_`` (source layer ``layers[j]``)."""
-        inputs, sources, has_own = [], [], False
+        inputs, sources, has_own, lacking = [], [], False, []
         for source, layer in zip(slice_.sources, layers):
             m = self.index[source.model]
             name = weight.at(layer) if layer is not None else weight.name
@@ -289,6 +309,9 @@ class Planner:
             if name in self.names[m]:
                 inputs.append(InputTensor(m, name))
                 has_own = True
+            elif weight.varies:
+                lacking.append(f"layer {layer} of {source.model}")
+                continue
             elif tied and tied in self.names[m]:
                 inputs.append(InputTensor(m, tied))
             elif weight.optional:
@@ -299,6 +322,13 @@ class Planner:
                          key=(str(source.model), name))
                 continue
             sources.append(source)
+        if lacking and inputs:
+            having = ", ".join(f"layer {layers[j]} of {s.model}" for j, s in enumerate(sources))
+            self.add(slice_.path, f"output tensor {out_name} would merge layers of different kinds: {having} "
+                     f"has {weight.name.replace('{layer}', 'N')}, {', '.join(lacking)} does not",
+                     "merge layers of the same kind (same position in the layer pattern): shift the layer_range "
+                     "of one source", key=("kinds", str(slice_.path)))
+            return
         if not inputs or (weight.optional and not has_own):
             return  # an optional tensor no input has (e.g. lm_head of tied models)
         base_ref = self.slice_base(slice_) if self.recipe.method.base != "ignored" else None
@@ -387,7 +417,8 @@ class Planner:
 
     def in_layout(self, name: str) -> bool:
         fixed = {w.name for w in self.layout.pre + self.layout.post}
-        return name in fixed or any(_matches_template(w.name, name) for w in self.layout.layer)
+        templates = self.layout.layer + tuple(w for stack in self.layout.stacks for w in stack.weights)
+        return name in fixed or any(_matches_template(w.name, name) for w in templates)
 
 
 def _matches_template(template: str, name: str) -> bool:
@@ -417,6 +448,8 @@ def output_config(plan: Plan) -> dict[str, Any]:
         set_key(config, layout.num_layers_key, plan.num_layers)
     elif recipe.syntax == "slices" and plan.num_layers != layout.num_layers(plan.donor):
         plan.warnings.append("the architecture has no layer-count key, so config.json keeps the donor's layer count")
+    if recipe.syntax == "slices":
+        rebuild_layer_keys(plan, config)
     out_dtype = recipe.out_dtype or recipe.dtype
     if out_dtype:
         keys = [k for k in ("dtype", "torch_dtype") if k in config] or ["dtype"]

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import jsonschema
@@ -51,6 +52,7 @@ class Registry:
     io_backends: dict[str, Registered[IOBackendSpec]] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
     plugins: dict[str, PluginRecord] = field(default_factory=dict)
+    derivers: list[tuple[Callable[..., Any], PluginRecord]] = field(default_factory=list)
 
     def check(self) -> None:
         """Raise if two plugins claim one name: which one wins would be an accident."""
@@ -79,6 +81,29 @@ class Registry:
         if len(candidates) > 1:
             candidates = [c for c in candidates if c.definition.get("model_type") == model_type]
         return candidates[0] if len(candidates) == 1 else None
+
+    def derive_architecture(self, config: dict[str, Any], tensor_names: list[str],
+                            trust_remote_code: bool = False) -> tuple[ArchitectureSpec, str] | None:
+        """A definition derived by a plugin (``mergehub_derive_architecture``) and the distribution
+        that derived it, or None when no plugin can. A plugin that fails here gives a clear error:
+        quietly falling back to name inference would merge with a worse layout."""
+        for derive, record in self.derivers:
+            try:
+                spec = derive(config=config, tensor_names=tensor_names, trust_remote_code=trust_remote_code)
+            except MergehubError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin {record.distribution} failed to derive an architecture: "
+                                  f"{type(exc).__name__}: {exc}", hint="report it to the plugin's authors, or switch it "
+                                  f"off with MERGEHUB_DISABLE_PLUGINS={record.distribution}") from exc
+            if spec is None:
+                continue
+            problem = _validate_spec("architecture", spec)
+            if problem:
+                raise PluginError(f"plugin {record.distribution} derived an invalid definition: {problem}",
+                                  hint="report it to the plugin's authors")
+            return spec, record.distribution
+        return None
 
     def failures(self) -> list[PluginRecord]:
         return [r for r in self.plugins.values() if r.error]
@@ -151,6 +176,10 @@ def build_registry(pm: PluginManager | None = None) -> Registry:
                     continue
                 owners[key] = record
                 tables[kind][spec.name] = Registered(spec, record)
+    for impl in reversed(pm.hook.mergehub_derive_architecture.get_hookimpls()):  # pluggy calls the last registered first
+        record = registry.plugins.get(impl.plugin_name) or PluginRecord(impl.plugin_name, impl.plugin_name, "?")
+        if not record.error:
+            registry.derivers.append((impl.function, record))
     # Drop whatever a plugin registered before one of its specs turned out broken.
     for table in tables.values():
         for name in [n for n, r in table.items() if registry.plugins.get(r.plugin.name, r.plugin).error]:

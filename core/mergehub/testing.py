@@ -154,16 +154,67 @@ def load_state(directory: Path) -> dict[str, Any]:
     return state
 
 
-def forward_pass(directory: Path) -> Any:
-    """Load with transformers' AutoModelForCausalLM and run a forward pass; returns the logits."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def model_class(directory: Path) -> Any:
+    """transformers' class named by ``config.json`` (``architectures[0]``), else AutoModelForCausalLM."""
+    import json
 
-    model = AutoModelForCausalLM.from_pretrained(directory)
+    import transformers
+
+    names = json.loads((Path(directory) / "config.json").read_text()).get("architectures") or []
+    found = getattr(transformers, names[0], None) if names else None
+    return found or transformers.AutoModelForCausalLM
+
+
+def forward_pass(directory: Path, ids: Sequence[int] = (1, 5, 7, 9)) -> Any:
+    """Load with the class its config.json names and run a text-only forward pass; returns the logits."""
+    import torch
+
+    model = model_class(directory).from_pretrained(directory)
     with torch.no_grad():
-        logits = model(torch.tensor([[1, 5, 7, 9]])).logits
+        logits = model(torch.tensor([list(ids)])).logits
     assert torch.isfinite(logits).all()
     return logits
+
+
+def stack_by_hand(pieces: Sequence[tuple[Path, int, int]], stack: str = "model.layers",
+                  per_layer_keys: Sequence[str] = ("layer_types",), ids: Sequence[int] = tuple(range(1, 13))) -> Any:
+    """The logits of the model a passthrough recipe of ``pieces`` (model, start, end) should give,
+    assembled with transformers alone: the tensors before the layer stack (in the model's own module
+    order) from the first piece's model, the pieces' layers, the tensors after the stack from the last
+    piece's model, and each per-layer config list (as transformers fills it in) taken from the layers'
+    own models."""
+    import re
+
+    import torch
+    import transformers
+
+    configs = [transformers.AutoConfig.from_pretrained(path) for path, _, _ in pieces]
+    config = configs[0]
+    text = config.get_text_config()
+    text.num_hidden_layers = sum(end - start for _, start, end in pieces)
+    for key in per_layer_keys:
+        sources = [getattr(c.get_text_config(), key, None) for c in configs]
+        if all(isinstance(v, list) for v in sources):
+            setattr(text, key, [v for src, (_, start, end) in zip(sources, pieces) for v in src[start:end]])
+    model = model_class(pieces[0][0])(config)
+    order = list(model.state_dict())
+    after = {n for i, n in enumerate(order) if not n.startswith(stack + ".") and any(m.startswith(stack + ".") for m in order[:i])}
+    first, last = load_state(pieces[0][0]), load_state(pieces[-1][0])
+    state = {n: (last if n in after else first)[n] for n in order if n in (last if n in after else first)}
+    state = {n: t for n, t in state.items() if not n.startswith(stack + ".")}
+    offset = 0
+    for path, start, end in pieces:
+        for name, tensor in load_state(path).items():
+            match = re.match(re.escape(stack) + r"\.(\d+)\.(.*)", name)
+            if match and start <= int(match.group(1)) < end:
+                state[f"{stack}.{offset + int(match.group(1)) - start}.{match.group(2)}"] = tensor
+        offset += end - start
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    assert set(missing) <= set(getattr(model, "all_tied_weights_keys", None) or {}), missing
+    model.tie_weights()
+    with torch.no_grad():
+        return model.eval()(torch.tensor([list(ids)])).logits
 
 
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -9,12 +9,13 @@ import sys
 from types import ModuleType
 
 from mergehub import __version__
-from mergehub.cli import mega, merge, plan, plugins, schema, validate
+from mergehub.cli import inspect, mega, merge, plan, plugins, schema, validate
 from mergehub.cli.render import error_panel
 from mergehub.errors import MergehubError
 
 VERBS: dict[str, ModuleType] = {
     "merge": merge, "mega": mega, "plan": plan, "validate": validate, "schema": schema, "plugins": plugins,
+    "inspect": inspect,
 }
 
 
