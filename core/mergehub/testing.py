@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from mergehub.tinymodels import FAMILIES, build_tiny, tiny_config  # noqa: F401  (re-exported for plugin tests)
+
 
 def build_tiny_model(path: Path | str, *, arch: str = "llama", layers: int = 2, tied: bool = False, seed: int = 0,
                      vocab: int = 64, hidden: int = 16, dtype: str = "float32", tokenizer: bool = False,
@@ -176,43 +178,49 @@ def forward_pass(directory: Path, ids: Sequence[int] = (1, 5, 7, 9)) -> Any:
     return logits
 
 
-def stack_by_hand(pieces: Sequence[tuple[Path, int, int]], stack: str = "model.layers",
-                  per_layer_keys: Sequence[str] = ("layer_types",), ids: Sequence[int] = tuple(range(1, 13))) -> Any:
+def stack_by_hand(pieces: Sequence[tuple[Path, int, int]], per_layer_keys: Sequence[str] = ("layer_types", "no_rope_layers"),
+                  index_keys: Sequence[str] = ("mlp_only_layers", "moe_layers"),
+                  ids: Sequence[int] = tuple(range(1, 13))) -> Any:
     """The logits of the model a passthrough recipe of ``pieces`` (model, start, end) should give,
-    assembled with transformers alone: the tensors before the layer stack (in the model's own module
-    order) from the first piece's model, the pieces' layers, the tensors after the stack from the last
-    piece's model, and each per-layer config list (as transformers fills it in) taken from the layers'
-    own models."""
-    import re
-
+    assembled with transformers alone: each piece loaded with ``from_pretrained``; the tensors before
+    the decoder's layer list (in the model's own module order) from the first piece, the pieces'
+    layers, the tensors after the list from the last piece; each per-layer config list (as
+    transformers fills it in) and each list of layer numbers taken from the layers' own models."""
     import torch
     import transformers
 
-    configs = [transformers.AutoConfig.from_pretrained(path) for path, _, _ in pieces]
-    config = configs[0]
-    text = config.get_text_config()
+    models = [model_class(path).from_pretrained(path) for path, _, _ in pieces]
+    decoder = models[0].get_decoder()
+    layers = getattr(decoder, "layers", None) or decoder.model.layers  # Llama 4's decoder is a whole causal LM
+    stack = next(name for name, module in models[0].named_modules() if module is layers)
+    config = transformers.AutoConfig.from_pretrained(pieces[0][0])
+    text, sources = config.get_text_config(), [m.config.get_text_config() for m in models]
     text.num_hidden_layers = sum(end - start for _, start, end in pieces)
+    layer_of = [(src, layer) for src, (_, start, end) in zip(sources, pieces) for layer in range(start, end)]
     for key in per_layer_keys:
-        sources = [getattr(c.get_text_config(), key, None) for c in configs]
-        if all(isinstance(v, list) for v in sources):
-            setattr(text, key, [v for src, (_, start, end) in zip(sources, pieces) for v in src[start:end]])
-    model = model_class(pieces[0][0])(config)
-    order = list(model.state_dict())
-    after = {n for i, n in enumerate(order) if not n.startswith(stack + ".") and any(m.startswith(stack + ".") for m in order[:i])}
-    first, last = load_state(pieces[0][0]), load_state(pieces[-1][0])
-    state = {n: (last if n in after else first)[n] for n in order if n in (last if n in after else first)}
-    state = {n: t for n, t in state.items() if not n.startswith(stack + ".")}
+        if all(isinstance(getattr(src, key, None), list) for src in sources):
+            setattr(text, key, [getattr(src, key)[layer] for src, layer in layer_of])
+    for key in index_keys:
+        if all(isinstance(getattr(src, key, None), list) for src in sources):
+            setattr(text, key, [i for i, (src, layer) in enumerate(layer_of) if layer in getattr(src, key)])
+    states = [m.state_dict() for m in models]
+    order = list(states[0])
+    inside = lambda n: n.startswith(stack + ".")  # noqa: E731
+    after = {n for i, n in enumerate(order) if not inside(n) and any(inside(m) for m in order[:i])}
+    state = {n: (states[-1] if n in after else states[0])[n] for n in order if not inside(n)}
     offset = 0
-    for path, start, end in pieces:
-        for name, tensor in load_state(path).items():
-            match = re.match(re.escape(stack) + r"\.(\d+)\.(.*)", name)
-            if match and start <= int(match.group(1)) < end:
-                state[f"{stack}.{offset + int(match.group(1)) - start}.{match.group(2)}"] = tensor
+    for source, (_, start, end) in zip(states, pieces):
+        for name, tensor in source.items():
+            index, _, rest = name[len(stack) + 1:].partition(".") if inside(name) else ("", "", "")
+            if index.isdigit() and start <= int(index) < end:
+                state[f"{stack}.{offset + int(index) - start}.{rest}"] = tensor
         offset += end - start
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    model = type(models[0])(config)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing, unexpected = model.load_state_dict({n: t for n, t in state.items() if n not in tied}, strict=False)
     assert not unexpected, unexpected
-    assert set(missing) <= set(getattr(model, "all_tied_weights_keys", None) or {}), missing
-    model.tie_weights()
+    assert set(missing) <= tied, missing
+    model.tie_weights()  # a tied output head is the first piece's embedding, as in the merge
     with torch.no_grad():
         return model.eval()(torch.tensor([list(ids)])).logits
 

@@ -41,7 +41,9 @@ def derive(config: dict[str, Any], tensor_names: list[str], trust_remote_code: b
     if model_class(config) is None:
         return None
     present = set(tensor_names)
-    meta = max(build_meta(json.dumps(config, sort_keys=True)), key=lambda m: overlap(m, present))
+    # the naming the checkpoint uses; tied tensors (left out of the overlap) break ties: GPT-NeoX's embed_out
+    meta = max(build_meta(json.dumps(config, sort_keys=True)),
+               key=lambda m: (overlap(m, present), sum(n in present for n in m.shapes)))
     if overlap(meta, present) < MIN_OVERLAP:
         return None
     return ArchitectureSpec(name=str(config.get("model_type") or "transformers"),
