@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergehub.testing import forward_pass, load_state, model_class, run_cli, stack_by_hand
+from mergehub.testing import HeadersOnly, forward_pass, load_state, model_class, run_cli, stack_by_hand
 from mergehub.tinymodels import build_tiny
 
 FAMILIES = ["qwen2", "qwen3", "qwen3_moe", "qwen3_5", "qwen3_next", "gemma2", "gemma3", "gemma3_vl", "gemma4", "phi3",
@@ -95,3 +95,18 @@ def test_depth_upscaling_equals_the_stack_built_by_hand(merged: dict[str, Path])
     ids = list(range(1, 13))  # longer than the tiny sliding windows
     expected = stack_by_hand([(merged["a"], 0, 3), (merged["b"], 1, 4)], ids=ids)
     torch.testing.assert_close(forward_pass(merged["dus"], ids), expected)
+
+
+def test_validate_and_plan_read_no_tensor_data(merged: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole multi-stage recipe validated and planned in-process, every reader wrapped: headers only."""
+    import mergehub.models
+    from mergehub.cli.main import VERBS, build_parser
+
+    real_open, headers = mergehub.models.open_reader, []
+    monkeypatch.setattr(mergehub.models, "open_reader", lambda *a, **k: HeadersOnly(real_open(*a, **k), headers))
+    recipe = merged["a"].parent / "r.yaml"
+    for verb in ("validate", "plan"):
+        assert VERBS[verb].run(build_parser().parse_args([verb, str(recipe)])) == 0
+    assert headers, "the guard never saw a reader"
+    assert "stage" in capsys.readouterr().out

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mergehub.testing import build_tiny_model, populate_hub_cache, run_cli
+from mergehub.testing import HeadersOnly, build_tiny_model, populate_hub_cache, run_cli
 
 #: Tiny text sizes shared by the families built here.
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
@@ -164,29 +164,6 @@ def test_clean_error(tmp_path, problem):
     assert "Traceback" not in result.output
     expected = "model directory not found" if problem == "missing" else "config.json is not valid JSON"
     assert expected in result.flat, result.output
-
-
-class HeadersOnly:
-    """A reader that serves names and headers from the real one and fails on any read of tensor data."""
-
-    def __init__(self, reader: Any, calls: list[str]) -> None:
-        self.reader, self.calls = reader, calls
-
-    def tensor_names(self) -> list[str]:
-        return self.reader.tensor_names()
-
-    def header(self, name: str) -> Any:
-        self.calls.append(name)
-        return self.reader.header(name)
-
-    def read(self, name: str) -> Any:
-        raise AssertionError(f"inspect read the data of {name}")
-
-    def read_rows(self, name: str, start: int, stop: int) -> Any:
-        raise AssertionError(f"inspect read rows of {name}")
-
-    def close(self) -> None:
-        self.reader.close()
 
 
 @pytest.mark.parametrize("name", ["qwen3", "qwen3_5", "gemma3", "llama_tied"])

@@ -225,6 +225,29 @@ def stack_by_hand(pieces: Sequence[tuple[Path, int, int]], per_layer_keys: Seque
         return model.eval()(torch.tensor([list(ids)])).logits
 
 
+class HeadersOnly:
+    """A reader that serves names and headers from the real one and fails on any read of tensor data."""
+
+    def __init__(self, reader: Any, calls: list[str]) -> None:
+        self.reader, self.calls = reader, calls
+
+    def tensor_names(self) -> list[str]:
+        return self.reader.tensor_names()
+
+    def header(self, name: str) -> Any:
+        self.calls.append(name)
+        return self.reader.header(name)
+
+    def read(self, name: str) -> Any:
+        raise AssertionError(f"tensor data of {name} was read")
+
+    def read_rows(self, name: str, start: int, stop: int) -> Any:
+        raise AssertionError(f"rows of {name} were read")
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
