@@ -110,3 +110,20 @@ def test_validate_and_plan_read_no_tensor_data(merged: dict[str, Path], monkeypa
         assert VERBS[verb].run(build_parser().parse_args([verb, str(recipe)])) == 0
     assert headers, "the guard never saw a reader"
     assert "stage" in capsys.readouterr().out
+
+
+def test_fused_experts_merge_in_row_blocks(tmp_path: Path) -> None:
+    """Llama 4 keeps its experts fused in 3-D tensors: under a tiny --max-memory they merge in row blocks to
+    the same bytes as whole."""
+    a, b, c = (build_tiny(tmp_path / name, "llama4", seed=seed) for name, seed in (("a", 1), ("b", 2), ("c", 3)))
+    recipe = tmp_path / "ties.yaml"
+    recipe.write_text(f"merge_method: ties\nbase_model: {a}\nmodels:\n  - {{model: {b}, parameters: {{weight: 0.7, density: 0.5}}}}\n"
+                      f"  - {{model: {c}, parameters: {{weight: 0.5, density: 0.7}}}}\ndtype: float32\n")
+    for out, extra in (("whole", ()), ("blocks", ("--max-memory", "4KB"))):
+        result = run_cli("merge", recipe, "--out", tmp_path / out, *extra)
+        assert result.returncode == 0, result.output
+    whole, blocks = load_state(tmp_path / "whole"), load_state(tmp_path / "blocks")
+    fused = [n for n, t in whole.items() if "experts" in n and t.dim() == 3]
+    assert fused, "no fused expert tensor"
+    assert all(torch.equal(whole[n], blocks[n]) for n in whole)
+    loads_exactly(tmp_path / "blocks")
