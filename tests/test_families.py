@@ -18,6 +18,8 @@ FAMILIES = ["qwen2", "qwen3", "qwen3_moe", "qwen3_5", "qwen3_next", "gemma2", "g
             "mixtral", "deepseek_v3", "olmo2", "glm4", "granite", "starcoder2", "gpt_neox", "phi", "cohere2", "exaone4",
             "llama4", "qwen2_5_vl"]
 STAGES = ("lin", "ones", "ties", "slerp")
+#: Gemma 4 here without per-layer input embeddings (whose tensors pack every layer's columns: see the refusal below)
+OVERRIDES = {"gemma4": {"hidden_size_per_layer_input": 0}}
 
 
 def recipe(a: Path, b: Path) -> str:
@@ -39,7 +41,8 @@ def recipe(a: Path, b: Path) -> str:
 @pytest.fixture(scope="module", params=FAMILIES)
 def merged(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp(request.param)
-    a, b = build_tiny(root / "a", request.param, seed=1), build_tiny(root / "b", request.param, seed=2)
+    extra = OVERRIDES.get(request.param, {})
+    a, b = (build_tiny(root / name, request.param, seed=seed, **extra) for name, seed in (("a", 1), ("b", 2)))
     (root / "r.yaml").write_text(recipe(a, b))
     result = run_cli("merge", root / "r.yaml", "--out", root / "dus", "--intermediate-dir", root / "stages")
     assert result.returncode == 0, result.output
@@ -127,3 +130,18 @@ def test_fused_experts_merge_in_row_blocks(tmp_path: Path) -> None:
     assert fused, "no fused expert tensor"
     assert all(torch.equal(whole[n], blocks[n]) for n in whole)
     loads_exactly(tmp_path / "blocks")
+
+
+def test_depth_upscaling_refuses_tensors_packed_per_layer(tmp_path: Path) -> None:
+    """Gemma 4's per-layer input embeddings hold every layer's columns in one tensor: a stack of another depth
+    cannot be described by its config, so planning stops, naming the tensor, before anything is written."""
+    a = build_tiny(tmp_path / "a", "gemma4", seed=1)
+    recipe = tmp_path / "dus.yaml"
+    recipe.write_text(f"merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 3]}}]\n"
+                      f"  - sources: [{{model: {a}, layer_range: [1, 4]}}]\n")
+
+    result = run_cli("merge", recipe, "--out", tmp_path / "out")
+
+    assert result.returncode == 1 and "Traceback" not in result.output
+    assert "embed_tokens_per_layer" in result.flat and "dus.yaml:2" in result.flat
+    assert not (tmp_path / "out").exists()

@@ -23,7 +23,7 @@ def rebuild_layer_keys(plan: Plan, config: dict[str, Any]) -> None:
     """Rewrite ``config``'s per-layer keys for the layers ``plan`` writes (slices syntax)."""
     explicit_written: set[str] = set()
     rules = [k for k in plan.layout.layer_keys if k.form in ("leading_count", "period")]
-    for entry in [k for k in plan.layout.layer_keys if k.form in ("list", "indices")]:
+    for entry in [k for k in plan.layout.layer_keys if k.form in ("list", "indices", "mapping")]:
         value = _rebuilt(plan, entry)
         if value is not None:
             set_key(config, entry.key, value)
@@ -58,11 +58,13 @@ def check_output_config(plan: Plan) -> tuple[str, str] | None:
             "with the recipe")
 
 
-def _rebuilt(plan: Plan, entry: LayerKey) -> list[Any] | None:
-    """The new value of a list or indices key, or None when the inputs do not state it."""
+def _rebuilt(plan: Plan, entry: LayerKey) -> list[Any] | dict[str, Any] | None:
+    """The new value of a list, indices or mapping key, or None when the inputs do not state it."""
     if entry.form == "indices":
         marks = _marks(plan, entry)
         return None if marks is None else [i for i, marked in enumerate(marks) if marked]
+    if entry.form == "mapping":
+        return _rebuilt_mapping(plan, entry)
     values = {}
     for m in {m for m, _ in plan.layer_sources}:
         value = plan.layout.layer_value(plan.models[m], entry.key)
@@ -70,6 +72,18 @@ def _rebuilt(plan: Plan, entry: LayerKey) -> list[Any] | None:
             return None
         values[m] = value
     return [values[m][layer] for m, layer in plan.layer_sources]
+
+
+def _rebuilt_mapping(plan: Plan, entry: LayerKey) -> dict[str, Any] | None:
+    """A key holding settings for some layers by layer number (``per_layer_config``): each output layer
+    gets its source layer's settings."""
+    sources = {}
+    for m in {m for m, _ in plan.layer_sources}:
+        value = plan.layout.layer_value(plan.models[m], entry.key)
+        if not isinstance(value, dict) or not all(str(k).isdigit() for k in value):
+            return None
+        sources[m] = {int(k): v for k, v in value.items()}
+    return {str(i): sources[m][layer] for i, (m, layer) in enumerate(plan.layer_sources) if layer in sources[m]}
 
 
 def _marks(plan: Plan, entry: LayerKey) -> list[bool] | None:

@@ -180,12 +180,14 @@ def forward_pass(directory: Path, ids: Sequence[int] = (1, 5, 7, 9)) -> Any:
 
 def stack_by_hand(pieces: Sequence[tuple[Path, int, int]], per_layer_keys: Sequence[str] = ("layer_types", "no_rope_layers"),
                   index_keys: Sequence[str] = ("mlp_only_layers", "moe_layers"),
+                  mapping_keys: Sequence[str] = ("per_layer_config",),
                   ids: Sequence[int] = tuple(range(1, 13))) -> Any:
     """The logits of the model a passthrough recipe of ``pieces`` (model, start, end) should give,
     assembled with transformers alone: each piece loaded with ``from_pretrained``; the tensors before
     the decoder's layer list (in the model's own module order) from the first piece, the pieces'
     layers, the tensors after the list from the last piece; each per-layer config list (as
-    transformers fills it in) and each list of layer numbers taken from the layers' own models."""
+    transformers fills it in), each list of layer numbers and each per-layer settings mapping taken from
+    the layers' own models."""
     import torch
     import transformers
 
@@ -194,15 +196,24 @@ def stack_by_hand(pieces: Sequence[tuple[Path, int, int]], per_layer_keys: Seque
     layers = getattr(decoder, "layers", None) or decoder.model.layers  # Llama 4's decoder is a whole causal LM
     stack = next(name for name, module in models[0].named_modules() if module is layers)
     config = transformers.AutoConfig.from_pretrained(pieces[0][0])
-    text, sources = config.get_text_config(), [m.config.get_text_config() for m in models]
-    text.num_hidden_layers = sum(end - start for _, start, end in pieces)
+    whole = config.to_dict()
+    nested = "text_config" in whole and config.get_text_config() is not config
+    text = whole["text_config"] if nested else whole
+    sources = [m.config.get_text_config().to_dict() for m in models]
+    text["num_hidden_layers"] = sum(end - start for _, start, end in pieces)
     layer_of = [(src, layer) for src, (_, start, end) in zip(sources, pieces) for layer in range(start, end)]
     for key in per_layer_keys:
-        if all(isinstance(getattr(src, key, None), list) for src in sources):
-            setattr(text, key, [getattr(src, key)[layer] for src, layer in layer_of])
+        if all(isinstance(src.get(key), list) for src in sources):
+            text[key] = [src[key][layer] for src, layer in layer_of]
     for key in index_keys:
-        if all(isinstance(getattr(src, key, None), list) for src in sources):
-            setattr(text, key, [i for i, (src, layer) in enumerate(layer_of) if layer in getattr(src, key)])
+        if all(isinstance(src.get(key), list) for src in sources):
+            text[key] = [i for i, (src, layer) in enumerate(layer_of) if layer in src[key]]
+    for key in mapping_keys:
+        if all(isinstance(src.get(key), dict) for src in sources):
+            by_layer = [{int(k): v for k, v in src[key].items()} for src in sources]
+            owners = [by_layer[j] for j, (_, start, end) in enumerate(pieces) for _ in range(start, end)]
+            text[key] = {str(i): owner[layer] for i, (owner, (_, layer)) in enumerate(zip(owners, layer_of)) if layer in owner}
+    config = type(config).from_dict(whole)
     states = [m.state_dict() for m in models]
     order = list(states[0])
     inside = lambda n: n.startswith(stack + ".")  # noqa: E731
