@@ -170,7 +170,7 @@ def merge_derived(models: list[ModelInfo], derived: list[tuple[ArchitectureSpec,
     layer = {w.name: w for w in first.layer}
     for other in layouts[1:]:
         for w in other.layer:
-            layer[w.name] = w if w.name not in layer else layer[w.name]
+            layer.setdefault(w.name, w)
     values = {k: v for lay in layouts for k, v in lay.layer_values.items()}
     return Layout(first.name, first.pre, tuple(layer.values()), first.post, first.num_layers_key, first.tie_key,
                   origin=first.origin, stacks=first.stacks, layer_keys=first.layer_keys, layer_values=values,
@@ -213,6 +213,13 @@ def infer_layout(models: list[ModelInfo]) -> Layout:
         tie_key="tie_word_embeddings" if "tie_word_embeddings" in config else None,
         inferred_layers=max_index + 1,
     )
+
+
+def matches_template(template: str, name: str) -> bool:
+    """Whether ``name`` is ``template`` (a layer tensor name with ``{layer}``) at some layer number."""
+    head, _, tail = template.partition("{layer}")
+    middle = name[len(head): len(name) - len(tail)] if name.startswith(head) and name.endswith(tail) else ""
+    return middle.isdigit()
 
 
 def _count_layers(model: ModelInfo, layout: Layout) -> int:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mergehub.architecture import LAYER_INDEX, Layout, get_key, resolve_layout
+from mergehub.architecture import LAYER_INDEX, Layout, get_key, matches_template, resolve_layout
 from mergehub.config import ModelRef
 from mergehub.errors import MergehubError
 from mergehub.models import ModelInfo, load_model
-from mergehub.plan import _matches_template
 from mergehub.registry import Registry
 
 
@@ -92,7 +91,7 @@ def other_stacks(layout: Layout, names: list[str]) -> list[dict[str, Any]]:
     stacks: dict[str, dict[str, Any]] = {}
     for name in names:
         match = LAYER_INDEX.search(name)
-        if match is None or not (name in fixed or any(_matches_template(t, name) for t in stack_templates)):
+        if match is None or not (name in fixed or any(matches_template(t, name) for t in stack_templates)):
             continue
         entry = stacks.setdefault(name[: match.start()], {"max": -1, "tensors": 0})
         entry["max"] = max(entry["max"], int(match.group(1)))
@@ -106,7 +105,7 @@ def uncovered(layout: Layout, names: list[str]) -> list[str]:
     a pre/post weight's name, or a layer or stack template with digits in place of ``{layer}``."""
     fixed = {w.name for w in layout.pre + layout.post}
     templates = [w.name for w in layout.layer] + [w.name for stack in layout.stacks for w in stack.weights]
-    return [n for n in sorted(names) if n not in fixed and not any(_matches_template(t, n) for t in templates)]
+    return [n for n in sorted(names) if n not in fixed and not any(matches_template(t, n) for t in templates)]
 
 
 def _value_source(model: ModelInfo, layout: Layout, key: str) -> str | None:

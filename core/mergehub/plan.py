@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergehub import dtypes
-from mergehub.architecture import Layout, WeightDef, resolve_layout, set_key
+from mergehub.architecture import Layout, WeightDef, matches_template, resolve_layout, set_key
 from mergehub.layerconfig import check_output_config, rebuild_layer_keys
 from mergehub.config import ModelRef, Recipe, Slice, Source
 from mergehub.contract import check_contract
@@ -418,13 +418,7 @@ class Planner:
     def in_layout(self, name: str) -> bool:
         fixed = {w.name for w in self.layout.pre + self.layout.post}
         templates = self.layout.layer + tuple(w for stack in self.layout.stacks for w in stack.weights)
-        return name in fixed or any(_matches_template(w.name, name) for w in templates)
-
-
-def _matches_template(template: str, name: str) -> bool:
-    head, _, tail = template.partition("{layer}")
-    middle = name[len(head): len(name) - len(tail)] if name.startswith(head) and name.endswith(tail) else ""
-    return middle.isdigit()
+        return name in fixed or any(matches_template(w.name, name) for w in templates)
 
 
 def slice_rule_message(slice_: Slice, i: int, syntax: str) -> tuple[str, str]:
