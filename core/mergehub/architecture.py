@@ -4,7 +4,7 @@ model itself (transformers), or, as a last resort, inferred from tensor names.""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mergehub.errors import MergehubError
@@ -50,7 +50,7 @@ class Stack:
         if not isinstance(count, int):
             raise MergehubError(f"config.json has no integer '{self.num_layers_key}' (layers of the {self.name} stack)",
                                 hint="the architecture definition reads that stack's layer count from this key")
-        return tuple(WeightDef(w.at(i), w.optional or w.varies, w.tied_to, w.vocab_axis, w.force_dtype)
+        return tuple(replace(w, name=w.at(i), optional=w.optional or w.varies, varies=False)
                      for i in range(count) for w in self.weights)
 
 
@@ -97,6 +97,12 @@ class Layout:
             raise MergehubError(f"{model.directory}/config.json has no integer '{self.num_layers_key}'",
                                 hint=f"the {self.name} architecture reads the layer count from that key")
         return value
+
+    def covers(self, name: str) -> bool:
+        """Whether the definition names tensor ``name``: a fixed weight, or a layer or stack template at
+        some layer number."""
+        templates = self.layer + tuple(w for stack in self.stacks for w in stack.weights)
+        return name in {w.name for w in self.pre + self.post} or any(matches_template(w.name, name) for w in templates)
 
     def layer_value(self, model: ModelInfo, key: str) -> Any:
         """A per-layer config value of ``model``: its config.json's, else what the family derives."""
@@ -166,15 +172,12 @@ def merge_derived(models: list[ModelInfo], derived: list[tuple[ArchitectureSpec,
     check_one_family(models, [spec.name for spec, _ in derived], allow_crimes)
     layouts = [from_definition(spec.definition, f"derived from transformers ({dist})", str(m.ref))
                for m, (spec, dist) in zip(models, derived)]
-    first = layouts[0]
-    layer = {w.name: w for w in first.layer}
-    for other in layouts[1:]:
-        for w in other.layer:
+    layer: dict[str, WeightDef] = {}
+    for lay in layouts:
+        for w in lay.layer:
             layer.setdefault(w.name, w)
     values = {k: v for lay in layouts for k, v in lay.layer_values.items()}
-    return Layout(first.name, first.pre, tuple(layer.values()), first.post, first.num_layers_key, first.tie_key,
-                  origin=first.origin, stacks=first.stacks, layer_keys=first.layer_keys, layer_values=values,
-                  check_config=first.check_config)
+    return replace(layouts[0], layer=tuple(layer.values()), layer_values=values)
 
 
 def infer_layout(models: list[ModelInfo]) -> Layout:

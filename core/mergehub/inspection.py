@@ -101,11 +101,8 @@ def other_stacks(layout: Layout, names: list[str]) -> list[dict[str, Any]]:
 
 
 def uncovered(layout: Layout, names: list[str]) -> list[str]:
-    """The tensors the definition does not name, by the rule of :meth:`mergehub.plan.Planner.in_layout`:
-    a pre/post weight's name, or a layer or stack template with digits in place of ``{layer}``."""
-    fixed = {w.name for w in layout.pre + layout.post}
-    templates = [w.name for w in layout.layer] + [w.name for stack in layout.stacks for w in stack.weights]
-    return [n for n in sorted(names) if n not in fixed and not any(matches_template(t, n) for t in templates)]
+    """The tensors the definition does not name (the ones a merge would not write)."""
+    return [n for n in sorted(names) if not layout.covers(n)]
 
 
 def _value_source(model: ModelInfo, layout: Layout, key: str) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mergehub.architecture import LayerKey, get_key, set_key
+from mergehub.architecture import LayerKey, set_key
 from mergehub.errors import MergehubError
 from mergehub.specs import import_object
 
@@ -132,7 +132,3 @@ def _layer_list(marks: list[bool]) -> str:
     shown = [str(i) for i, marked in enumerate(marks) if marked]
     return "layers " + ", ".join(shown) if shown else "no layer"
 
-
-def layer_key_values(config: dict[str, Any], keys: tuple[LayerKey, ...]) -> dict[str, Any]:
-    """The per-layer keys ``config`` states, for ``mergehub inspect``."""
-    return {k.key: get_key(config, k.key) for k in keys if get_key(config, k.key) is not None}

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergehub import dtypes
-from mergehub.architecture import Layout, WeightDef, matches_template, resolve_layout, set_key
-from mergehub.layerconfig import check_output_config, rebuild_layer_keys
+from mergehub.architecture import Layout, WeightDef, resolve_layout, set_key
 from mergehub.config import ModelRef, Recipe, Slice, Source
 from mergehub.contract import check_contract
 from mergehub.errors import MergehubError, Problem, RecipeError
+from mergehub.layerconfig import check_output_config, rebuild_layer_keys
 from mergehub.models import ModelInfo, load_model
 from mergehub.params import UNSET, layer_position, resolve
 from mergehub.paramcheck import ParamChecker
@@ -408,17 +408,12 @@ class Planner:
         for m, model in enumerate(self.models):
             if not any(u[0] == m for u in used):
                 continue
-            unused = sorted(n for n in self.names[m] if (m, n) not in used and not self.in_layout(n))
+            unused = sorted(n for n in self.names[m] if (m, n) not in used and not self.layout.covers(n))
             if unused:
                 shown = ", ".join(unused[:3]) + (" …" if len(unused) > 3 else "")
                 warnings.append(f"{len(unused)} tensor(s) of {model.ref} are not part of the {self.layout.name} layout "
                                 f"and are not written: {shown}")
         return warnings
-
-    def in_layout(self, name: str) -> bool:
-        fixed = {w.name for w in self.layout.pre + self.layout.post}
-        templates = self.layout.layer + tuple(w for stack in self.layout.stacks for w in stack.weights)
-        return name in fixed or any(matches_template(w.name, name) for w in templates)
 
 
 def slice_rule_message(slice_: Slice, i: int, syntax: str) -> tuple[str, str]:

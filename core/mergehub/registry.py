@@ -9,10 +9,10 @@ claiming one name make a conflict that names both.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import jsonschema
