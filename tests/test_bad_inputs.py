@@ -45,7 +45,6 @@ Cases, and where each lives (issue 7, "bad inputs, each one clear error"):
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import struct
 import textwrap

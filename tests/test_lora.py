@@ -133,6 +133,44 @@ def test_bfloat16_base_is_rounded_as_peft_rounds_it(tmp_path: Path, tiny_models:
         assert torch.equal(merged[name], reference[name]), name
 
 
+def test_adapter_is_applied_in_the_recipe_dtype(tmp_path: Path, tiny_models: Any) -> None:
+    """``dtype: float32`` over a bfloat16 checkpoint is PEFT on the base loaded in float32, not a bfloat16 merge upcast.
+
+    Linear and embedding deltas are added to the upcast weights in float32 and never rounded to bfloat16; the
+    modules_to_save copy (saved in float32) keeps its float32 values.
+    """
+    base = tiny_models("bf", seed=3, dtype="bfloat16")
+    adapter = make_adapter(base, tmp_path / "adapter", seed=13, r=4, lora_alpha=8, modules_to_save=["lm_head"],
+                           target_modules=["embed_tokens", "q_proj", "v_proj"], edit=perturb_lm_head)
+
+    out = merge(tmp_path, "dtype: float32\n" + passthrough(f"{base}+{adapter}"))
+
+    merged, reference = load_state(out), peft_merged(base, adapter, dtype=torch.float32)
+    in_bf16 = peft_merged(base, adapter, dtype=torch.bfloat16)  # the adapter applied in the checkpoint's dtype
+    adapted = layers("self_attn.q_proj", "self_attn.v_proj") | {"model.embed_tokens.weight", "lm_head.weight"}
+    assert changed(reference, {n: t.float() for n, t in load_state(base).items()}) == adapted
+    for name in reference:
+        assert merged[name].dtype == torch.float32, name
+        torch.testing.assert_close(merged[name], reference[name], rtol=0, atol=1e-6, msg=name)
+    # merging in bfloat16 and then casting is measurably farther from PEFT's float32 merge, in every adapted tensor
+    for name in adapted:
+        assert (in_bf16[name].float() - reference[name]).abs().max() > 1e-4, name
+
+
+def test_adapter_on_a_wider_base_is_applied_in_the_lower_recipe_dtype(tmp_path: Path, tiny_models: Any) -> None:
+    """``dtype: bfloat16`` over a float32 checkpoint: PEFT on the base loaded in bfloat16, bit for bit."""
+    base = tiny_models("a", seed=1)
+    adapter = make_adapter(base, tmp_path / "adapter", seed=14, r=4, lora_alpha=8,
+                           target_modules=["embed_tokens", "q_proj", "v_proj"])
+
+    out = merge(tmp_path, "dtype: bfloat16\n" + passthrough(f"{base}+{adapter}"))
+
+    merged, reference = load_state(out), peft_merged(base, adapter, dtype=torch.bfloat16)
+    for name in reference:
+        assert merged[name].dtype == torch.bfloat16
+        assert torch.equal(merged[name], reference[name]), name
+
+
 def test_trained_biases_saved_with_the_adapter_replace_the_base_biases(tmp_path: Path) -> None:
     """``bias: all`` saves every bias (trained with the adapter); PEFT loads them over the base's."""
     import transformers

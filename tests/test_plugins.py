@@ -299,6 +299,26 @@ def test_plugin_with_unknown_hook_fails_alone(tmp_path):
     assert {"linear", "passthrough"} <= set(methods_of(rows))
 
 
+def test_piped_listing_is_one_whole_row_per_line(tmp_path):
+    """Piped, ``mergehub plugins`` prints tab-separated rows that no terminal width cuts, the same rows as --json."""
+    long_name = "mergehub-method-" + "-".join(["an-uncommonly-long-distribution-name"] * 3)
+    site = method_plugin(tmp_path / "site", long_name, "10.20.30", "mergehub_long_name", "long_named_method", FACTOR)
+    env = env_with(site, COLUMNS="80", MERGEHUB_DISABLE_PLUGINS="mergehub-method-linear")
+    with ThreadPoolExecutor(2) as pool:
+        piped = pool.submit(run_cli, "plugins", env=env)
+        rows = plugins_json(env)
+    result = piped.result()
+    assert result.returncode == 0 and result.stderr == "", result.output
+    header, *lines = result.stdout.splitlines()
+    columns = ["kind", "name", "distribution", "version", "status"]
+    assert header.split("\t") == columns
+    table = [line.split("\t") for line in lines]
+    assert table == [[row[c] for c in columns] for row in rows]
+    assert ["method", "long_named_method", long_name, "10.20.30", "ok"] in table
+    assert ["-", "mergehub-method-linear", "mergehub-method-linear", "0.1.0", "disabled"] in table
+    assert ["architecture", "(derived)", "mergehub-arch-transformers", "0.1.0", "ok"] in table
+
+
 # -- in-process: plugin manager and registry ------------------------------------------------------------------------
 def spec(name: str, properties: dict | None = None) -> MethodSpec:
     schema = json.loads(method_schema(name, FACTOR if properties is None else properties))

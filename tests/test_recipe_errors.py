@@ -397,6 +397,59 @@ def test_missing_model_directory(tmp_path, tiny_models):
     both_fail(cfg, tmp_path, cwd, located(cfg, 5, "models[1].model"), "model directory not found: ./no-such-model")
 
 
+def test_typos_and_bad_models_come_in_one_report(tmp_path, tiny_models):
+    """Two typos, a missing directory and a damaged weight file: all four at once, in line order."""
+    cwd, (a,) = models(tiny_models, "a")
+    damaged = tmp_path / "inputs" / "damaged"
+    damaged.mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    (damaged / "config.json").write_text((cwd / a / "config.json").read_text())
+    (damaged / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    cfg = write(work, f"""
+        merge_method: linear
+        dtyp: float32
+        models:
+          - model: {a}
+            parameters: {{wieght: 1}}
+          - model: ./no-such-model
+            parameters: {{weight: 1}}
+          - model: {damaged}
+            parameters: {{weight: 1}}
+        """)
+    text = both_fail(cfg, work, cwd, "4 problems", located(cfg, 2, "dtyp"),
+                     located(cfg, 5, "models[0].parameters.wieght"), located(cfg, 6, "models[1].model"),
+                     "model directory not found: ./no-such-model", located(cfg, 8, "models[2].model"),
+                     "model.safetensors")
+    positions = [text.index(located(cfg, n)) for n in (2, 5, 6, 8)]
+    assert positions == sorted(positions)
+
+
+def test_every_stage_reports_typos_and_missing_models_together(tmp_path, tiny_models):
+    cwd, (a, b) = models(tiny_models, "a", "b")
+    cfg = write(tmp_path, f"""
+        name: first
+        merge_method: linear
+        models:
+          - model: {a}
+            parameters: {{wieght: 1}}
+          - model: ./gone
+            parameters: {{weight: 1}}
+        ---
+        merge_method: linear
+        models:
+          - model: first
+            parameters: {{weight: 1}}
+          - model: {b}
+            parameters: {{weight: 1}}
+          - model: ./also-gone
+            parameters: {{weigth: 1}}
+        """)
+    assert_clean_failure(validate(cfg, cwd), "4 problems", "unknown parameter 'wieght'",
+                         "model directory not found: ./gone", "model directory not found: ./also-gone",
+                         "unknown parameter 'weigth'")
+
+
 # -- the output directory and --debug ------------------------------------------------------------------------------
 def test_existing_output_refused_then_replaced_with_force(tmp_path, tiny_models):
     cwd, (a, b) = models(tiny_models, "a", "b")

@@ -6,11 +6,16 @@ arrive through plugins (see :mod:`mergehub.hookspecs`).
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from mergehub.errors import MergehubError, Problem, RecipeError
 from mergehub.hookspecs import hookimpl
 from mergehub.specs import ArchitectureSpec, IOBackendSpec, MergeInputs, MethodSpec
 
-__version__ = "0.1.0"
+try:  # the one version, written in the repository's VERSION file, as the installed distribution states it
+    __version__ = version("mergehub")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ArchitectureSpec",

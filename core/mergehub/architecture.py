@@ -154,8 +154,9 @@ def resolve_layout(models: list[ModelInfo], registry: Registry, allow_crimes: bo
         return merge_derived(models, derived, allow_crimes), []  # type: ignore[arg-type]
     unknown = sorted({m.architecture or "?" for m, s, d in zip(models, specs, derived) if s is None and d is None})
     layout = infer_layout(models)
+    hint = registry.missing_architecture_hint(unknown)
     warning = (f"no installed architecture plugin knows {', '.join(unknown)}; inferred {layout.inferred_layers} layers "
-               f"from tensor names")
+               f"from tensor names" + (f". {hint}" if hint else ""))
     return layout, [warning]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mergehub.errors import Problem, RecipeError, unknown_name
+from mergehub.errors import Problem, RecipeError
 from mergehub.recipe_schema import DTYPE_ALIASES, DTYPES, IGNORED_KEYS, recipe_schema
 from mergehub.registry import Registry
 from mergehub.specs import MethodSpec
@@ -200,7 +200,7 @@ def _method_of(document: Document, registry: Registry) -> _MethodLookup:
         return _MethodLookup(None, None)  # the schema reports it
     if name in registry.methods:
         return _MethodLookup(registry.methods[name].spec, None)
-    message, hint = unknown_name("merge method", name, registry.methods)
+    message, hint = registry.unknown_method(name)
     return _MethodLookup(None, Problem(message, "merge_method", document.line_of(("merge_method",)), hint))
 
 
@@ -223,7 +223,7 @@ def _semantic_problems(document: Document) -> list[Problem]:
                 normalize_dtype(data[key])
             except ValueError:
                 add((key,), f"unknown dtype '{data[key]}'", "use one of: " + ", ".join(DTYPES))
-    for path, value in _model_refs(data):
+    for path, value in model_refs(data):
         try:
             ModelRef.parse(value)
         except (ValueError, KeyError, TypeError) as exc:
@@ -282,7 +282,10 @@ def _tokenizer_refs(data: dict) -> list[tuple[PathKey, Any]]:
     return refs
 
 
-def _model_refs(data: dict) -> list[tuple[PathKey, Any]]:
+def model_refs(data: Any) -> list[tuple[PathKey, Any]]:
+    """Every model reference in a recipe document with its key path; nothing when the document is not a mapping."""
+    if not isinstance(data, dict):
+        return []
     refs: list[tuple[PathKey, Any]] = _tokenizer_refs(data)
     if isinstance(data.get("base_model"), (str, dict)):
         refs.append((("base_model",), data["base_model"]))

@@ -25,7 +25,7 @@ def check_contract(planner: Planner, slice_: Slice, base: ModelRef | None, index
         return
     count = len(refs)
     non_base = count - (1 if has_base else 0)
-    _bounds(planner, where, f"inputs", count, method.min_inputs, method.max_inputs, method.name)
+    _bounds(planner, where, "inputs", count, method.min_inputs, method.max_inputs, method.name)
     _bounds(planner, where, "non-base inputs", non_base, method.min_non_base, method.max_non_base, method.name)
 
 

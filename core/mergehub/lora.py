@@ -4,7 +4,10 @@ A recipe input ``base+adapter`` is the model PEFT's ``merge_and_unload()`` would
 nothing is merged ahead of time: this module reads and checks the adapter (:class:`Adapter`),
 and :class:`mergehub.lorareader.LoraReader` presents base and adapter as one tensor reader
 whose ``read`` / ``read_rows`` return ``W + scale · B A`` for the rows asked for, so memory
-stays bounded by one block, as for any other input.
+stays bounded by one block, as for any other input. The adapter is applied in the recipe's
+``dtype`` (its working precision) when it has one: the result is PEFT's on the base loaded in
+that dtype, whatever dtype the base checkpoint is stored in; without one, in the base's own
+dtype (see :class:`~mergehub.lorareader.LoraReader` for the exact arithmetic).
 
 What an adapter directory may hold, and how each part is honoured:
 
@@ -75,7 +78,7 @@ class Factors:
     b: str
     scale: float
     transposed: bool  # embeddings and fan_in_fan_out layers store W as (B A)ᵀ
-    embedding: bool  # PEFT rounds an embedding's delta to the base dtype before adding it
+    embedding: bool  # PEFT rounds an embedding's delta to the model's dtype before adding it
 
 
 def adapter_error(label: str, message: str, hint: str | None = None) -> MergehubError:

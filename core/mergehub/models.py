@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mergehub import lora, lorareader
-from mergehub.config import ModelRef
-from mergehub.errors import MergehubError
+from mergehub import catalog, lora, lorareader
+from mergehub.config import ModelRef, model_refs
+from mergehub.errors import MergehubError, Problem
 from mergehub.registry import Registry
+from mergehub.yamlsource import Document, format_path
 
 #: Files a merge needs from a Hub model repository, besides the weights.
 HUB_PATTERNS = ["*.json", "tokenizer.model", "*.jinja", "*.txt"]
@@ -58,13 +60,14 @@ class ModelInfo:
     _reader: TensorReader | None = field(default=None, repr=False)
     planned: bool = False  # a stage output described by its plan: nothing to open or close
     adapter_directory: Path | None = None
+    dtype: str | None = None  # the recipe's working dtype, in which a LoRA adapter is applied (None: the base's)
 
     @property
     def reader(self) -> TensorReader:
         if self._reader is None:
             reader = open_reader(self.directory, self.registry)
             if self.adapter_directory is not None:
-                reader = with_adapter(reader, self.adapter_directory, adapter_label(self.ref))
+                reader = with_adapter(reader, self.adapter_directory, adapter_label(self.ref), self.dtype)
             self._reader = reader
         return self._reader
 
@@ -100,12 +103,12 @@ def adapter_label(ref: ModelRef) -> str:
     return f"'{ref.lora}" + (f"@{ref.lora_revision}'" if ref.lora_revision else "'")
 
 
-def with_adapter(base: TensorReader, directory: Path, label: str) -> TensorReader:
+def with_adapter(base: TensorReader, directory: Path, label: str, dtype: str | None = None) -> TensorReader:
     """``base`` with the adapter in ``directory`` applied; both are closed again if they do not fit."""
     adapter = None
     try:
         adapter = lora.Adapter(directory, label)
-        return lorareader.LoraReader(base, adapter)
+        return lorareader.LoraReader(base, adapter, dtype)
     except BaseException:
         if adapter is not None:
             adapter.close()
@@ -120,7 +123,7 @@ def _resolve(path: str, revision: str | None, kind: str, patterns: list[str],
         return local
     if local.exists():
         raise MergehubError(f"{kind} path {path} is a file, not a directory", hint="point at its directory")
-    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+    if _is_local(path):
         raise MergehubError(
             f"{kind} directory not found: {path}",
             hint="check the path (relative paths are relative to the current directory), or use a Hub id org/name",
@@ -188,6 +191,10 @@ def open_reader(directory: Path, registry: Registry) -> TensorReader:
             best = (priority, backend)
     if best is None:
         installed = ", ".join(sorted(registry.io_backends)) or "none"
+        missing = catalog.missing_backends_hint(directory, registry.io_backends, registry.plugins.values())
+        if missing:  # the weights are there, their backend is not
+            raise MergehubError(f"no installed IO backend can read the weights in {directory}",
+                                hint=f"installed IO backends: {installed}. {missing}")
         raise MergehubError(
             f"no weights found in {directory} that an installed IO backend can read",
             hint=f"expected model.safetensors or model.safetensors.index.json (installed IO backends: {installed})",
@@ -195,7 +202,35 @@ def open_reader(directory: Path, registry: Registry) -> TensorReader:
     return best[1].open(directory)
 
 
-def load_model(ref: ModelRef, registry: Registry) -> ModelInfo:
+def local_model_problems(document: Document, registry: Registry, planned: Collection[str] = ()) -> list[Problem]:
+    """What is wrong with the recipe's local models (missing directory, config.json, weights, headers).
+
+    Used when the recipe text itself has problems, so that one report holds them all. Hub ids are left
+    for the planner: a recipe with typos never starts a download. ``planned`` are earlier stages' outputs.
+    """
+    problems, seen = [], set()
+    for path, value in model_refs(document.data):
+        try:
+            ref = ModelRef.parse(value)
+        except (ValueError, KeyError, TypeError):
+            continue  # reported by the recipe checks
+        key = (ref.path, ref.revision, ref.lora)
+        if key in seen or ref.path in planned or not _is_local(ref.path):
+            continue
+        seen.add(key)
+        try:
+            load_model(ref, registry).close()
+        except MergehubError as exc:
+            problems.append(Problem(exc.message, format_path(path), document.line_of(path), exc.hint))
+    return problems
+
+
+def _is_local(path: str) -> bool:
+    """Whether ``path`` names a local directory rather than a Hub id (the rule :func:`_resolve` follows)."""
+    return Path(path).expanduser().exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
+
+
+def load_model(ref: ModelRef, registry: Registry, dtype: str | None = None) -> ModelInfo:
     """Find the model (and its adapter) and open its weights.
 
     Opening reads every weight file's header (and applies a LoRA input's adapter to the base),
@@ -204,6 +239,6 @@ def load_model(ref: ModelRef, registry: Registry) -> ModelInfo:
     """
     directory = locate(ref)
     info = ModelInfo(ref=ref, directory=directory, config=read_config(directory), registry=registry,
-                     adapter_directory=locate_adapter(ref) if ref.lora else None)
+                     adapter_directory=locate_adapter(ref) if ref.lora else None, dtype=dtype)
     info.reader  # noqa: B018
     return info

@@ -9,19 +9,21 @@ one :class:`RecipeError`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from mergehub import dtypes
 from mergehub.architecture import Layout, WeightDef, resolve_layout, set_key
-from mergehub.config import ModelRef, Recipe, Slice, Source
+from mergehub.config import ModelRef, Recipe, Slice, Source, load_recipe
 from mergehub.contract import check_contract
 from mergehub.errors import MergehubError, Problem, RecipeError
 from mergehub.layerconfig import check_output_config, rebuild_layer_keys
-from mergehub.models import ModelInfo, load_model
+from mergehub.models import ModelInfo, load_model, local_model_problems
 from mergehub.params import UNSET, layer_position, resolve
 from mergehub.paramcheck import ParamChecker
 from mergehub.registry import Registry
+from mergehub.yamlsource import Document
 from mergehub.vocab import (OutputVocab, RowsPlan, TokenError, VocabRows, inferred_vocab_axis, plan_rows, set_vocab_size,
                             unknown_tokens_warning)
 
@@ -81,6 +83,18 @@ class Plan:
     def close(self) -> None:
         for model in self.models:
             model.close()
+
+
+def checked_recipe(document: Document, registry: Registry, planned: Collection[str] = ()) -> Recipe:
+    """The recipe in ``document``; when its text has problems, the problems of its local models join them.
+
+    Every mistake is in one report: a typo in a key and a wrong model path are fixed in one round.
+    """
+    try:
+        return load_recipe(document, registry)
+    except RecipeError as exc:
+        found = exc.problems + local_model_problems(document, registry, planned)
+        raise RecipeError(sorted(found, key=lambda p: (p.line or 0, p.path)), exc.file) from None
 
 
 def make_plan(recipe: Recipe, registry: Registry, allow_crimes: bool = False,
@@ -212,7 +226,7 @@ class Planner:
                 models.append(self.planned[ref.path])
                 continue
             try:
-                models.append(load_model(ref, self.registry))
+                models.append(load_model(ref, self.registry, self.recipe.dtype))
             except MergehubError as exc:
                 self.add(paths[ref], exc.message, exc.hint)
         return models
@@ -335,7 +349,7 @@ class Planner:
         base = next((i for i, s in enumerate(sources) if s.model == base_ref), None)
         params = [self.model_params(slice_, s, inp.name, t, is_base=(i == base)) for i, (s, inp) in enumerate(zip(sources, inputs))]
         shared = self.shared_params(slice_, out_name, t)
-        if self.method_check is not None:
+        if self.method_check is not None and self.complete(params, shared, base):
             problem = self.method_check(params, shared)
             if problem:
                 self.add(slice_.path, f"{out_name}: {problem}", key=("check", problem))
@@ -362,6 +376,18 @@ class Planner:
         out_dtype = weight.force_dtype or ((recipe.out_dtype or recipe.dtype or dtypes.promote(in_dtypes)) if floating else in_dtypes[0])
         out.append(OutputTensor(out_name, inputs, base, params, shared, shape, in_dtypes,
                                 recipe.dtype if floating else None, out_dtype, rows))
+
+    def complete(self, params: list[dict[str, Any]], shared: dict[str, Any], base: int | None) -> bool:
+        """Whether every parameter passed validation: a method's ``check`` never sees a rejected (dropped) one."""
+        method = self.recipe.method
+        for name in method.param_names():
+            scope = method.param_scope(name)
+            if scope == "shared" and name not in shared:
+                return False
+            if scope != "shared" and any(name not in p for i, p in enumerate(params)
+                                         if scope == "input" or i != base):
+                return False
+        return True
 
     def model_params(self, slice_: Slice, source: Source, tensor: str, t: float, is_base: bool) -> dict[str, Any]:
         method = self.recipe.method
@@ -400,7 +426,7 @@ class Planner:
         if problem:
             self.add(path, f"parameter '{name}' for {tensor}: {problem}", key=("value", name, str(value)))  # type: ignore[arg-type]
             return
-        resolved[name] = value
+        resolved[name] = self.checker.coerce(name, value)
 
     def unused_tensor_warnings(self, tensors: list[OutputTensor]) -> list[str]:
         used = {(i.model, i.name) for t in tensors for i in t.inputs}

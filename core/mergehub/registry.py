@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import jsonschema
 
+from mergehub import catalog
 from mergehub.errors import MergehubError, PluginError, unknown_name
 from mergehub.plugins import PluginManager, PluginRecord, make_plugin_manager
 from mergehub.specs import ArchitectureSpec, IOBackendSpec, MethodSpec
@@ -65,15 +66,32 @@ class Registry:
 
     def method(self, name: str) -> MethodSpec:
         if name not in self.methods:
-            message, hint = unknown_name("merge method", name, self.methods)
+            message, hint = self.unknown_method(name)
             raise MergehubError(message, hint=hint)
         return self.methods[name].spec
 
     def io_backend(self, name: str) -> IOBackendSpec:
         if name not in self.io_backends:
             message, hint = unknown_name("IO backend", name, self.io_backends)
-            raise MergehubError(message, hint=hint)
+            found = catalog.io_backend_hint(name, self.plugins.values())
+            raise MergehubError(message, hint=f"installed IO backends: {_listing(self.io_backends)}. {found}"
+                                if found else hint)
         return self.io_backends[name].spec
+
+    def unknown_method(self, name: str) -> tuple[str, str]:
+        """Message and hint for a merge method no installed plugin provides: the installed ones, and
+        which distribution of the standard set provides ``name`` (:mod:`mergehub.catalog`)."""
+        message, hint = unknown_name("merge method", name, self.methods)
+        found = catalog.method_hint(name, self.plugins.values())
+        return message, (f"installed merge methods: {_listing(self.methods)}. {found}" if found else hint)
+
+    def missing_architecture_hint(self, architectures: list[str]) -> str:
+        """Which distribution would serve models of these config.json ``architectures`` values."""
+        return catalog.architecture_hint(architectures, self.plugins.values())
+
+    def loaded(self) -> bool:
+        """Whether any plugin provides anything (a method, architecture, IO backend or derivation)."""
+        return bool(self.methods or self.architectures or self.io_backends or self.derivers)
 
     def architecture_for(self, arch_name: str, model_type: str | None) -> ArchitectureSpec | None:
         """The definition serving config.json's ``architectures[0]``, ties broken by model_type."""
@@ -107,6 +125,10 @@ class Registry:
 
     def failures(self) -> list[PluginRecord]:
         return [r for r in self.plugins.values() if r.error]
+
+
+def _listing(table: dict[str, Any]) -> str:
+    return ", ".join(sorted(table)) or "none"
 
 
 def _validate_spec(kind: str, spec: Any) -> str | None:

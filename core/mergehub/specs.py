@@ -59,11 +59,16 @@ class MethodSpec:
 
     @classmethod
     def from_schema_file(cls, path: str | Path, implementation: str) -> MethodSpec:
-        """Build a spec from a plugin's ``parameters.schema.json``."""
+        """Build a spec from a plugin's ``parameters.schema.json``.
+
+        The method's name is ``x-mergehub.name``, the one place it is declared (the core schema
+        requires it). A JSON Schema ``title`` is not read: schemas that still carry one from before
+        keep working, and one that disagrees with the name changes nothing.
+        """
         schema = json.loads(Path(path).read_text(encoding="utf-8"))
         contract = schema.get("x-mergehub", {})
         return cls(
-            name=contract.get("name") or schema.get("title", ""),
+            name=contract.get("name", ""),
             summary=schema.get("description", ""),
             parameters=schema,
             implementation=implementation,

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergehub.config import ModelRef, Recipe, _model_refs, load_recipe
+from mergehub.config import ModelRef, Recipe, model_refs
 from mergehub.errors import MergehubError, Problem, RecipeError, did_you_mean
 from mergehub.models import ModelInfo, TensorHeader
-from mergehub.plan import Plan, make_plan
+from mergehub.plan import Plan, checked_recipe, make_plan
 from mergehub.registry import Registry
 from mergehub.yamlsource import Document, PathKey, format_path
 
@@ -115,7 +115,7 @@ def _rewrite_references(stage: Stage, by_name: dict[str, Stage], problems: list[
     data = stage.document.data
     if not isinstance(data, dict):
         return
-    for path, value in _model_refs(data):
+    for path, value in model_refs(data):
         try:
             ref = ModelRef.parse(value)
         except (ValueError, KeyError, TypeError):
@@ -186,7 +186,7 @@ def plan_stages(stages: list[Stage], registry: Registry, allow_crimes: bool = Fa
     file = stages[0].document.file
     for stage in stages:
         try:
-            stage.recipe = load_recipe(stage.document, registry)
+            stage.recipe = checked_recipe(stage.document, registry, planned=[str(s.output) for s in stages])
             if failed & set(stage.deps):
                 failed.add(stage.label)
                 continue  # its inputs could not be planned; their problems are reported

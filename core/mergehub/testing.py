@@ -2,8 +2,9 @@
 
 Opt in from a conftest.py with ``pytest_plugins = ["mergehub.testing"]`` (the core's
 own pytest configuration does). Provides tiny real Llama/Mistral checkpoints built
-with transformers, a helper that runs the real ``mergehub`` CLI in a subprocess, and
-a fresh plugin registry.
+with transformers, a helper that runs the real ``mergehub`` CLI in a subprocess, a
+fresh plugin registry, and the plugin test kit (:mod:`mergehub.plugincheck`) a plugin's
+own tests call on its installed distribution.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from typing import Any
 
 import pytest
 
+from mergehub.plugincheck import (  # noqa: F401  (the plugin test kit, re-exported for plugin tests)
+    architecture_problems,
+    check_architecture_distribution,
+    check_method_distribution,
+    method_problems,
+    parameter_table,
+    plugin_distributions,
+)
 from mergehub.tinymodels import FAMILIES, build_tiny, tiny_config  # noqa: F401  (re-exported for plugin tests)
 
 
@@ -100,14 +109,17 @@ def related_tensors(shape: tuple[int, ...], dtype: Any, n: int = 4, seed: int = 
     return [base.to(dtype)] + [(base + 0.1 * torch.randn(shape, generator=g)).to(dtype) for _ in range(n - 1)]
 
 
-def merge_in_blocks(factory: Callable[[Any], Any], inputs: Any, cuts: list[int]) -> Any:
+def merge_in_blocks(factory: Callable[[Any], Any], inputs: Any, cuts: list[int], seed: int | None = None) -> Any:
     """What the executor does with a multi-pass block merger (``x-mergehub.blocks``), for tests.
 
     ``inputs`` is a :class:`~mergehub.specs.MergeInputs` holding whole tensors; the merger is built
     from their empty metadata and sees rows ``cuts[i]:cuts[i + 1]`` as blocks: every block through
-    ``collect`` in each pass, then through ``merge``. Returns the merged blocks concatenated.
+    ``collect`` in each pass, then through ``merge``. Returns the merged blocks concatenated. With
+    ``seed`` (random methods), the metadata and every block get a fresh generator seeded with it, as
+    the executor's MergeInputs do; without it they share ``inputs.generator``.
     """
     import dataclasses
+    import itertools
 
     import torch
 
@@ -115,11 +127,16 @@ def merge_in_blocks(factory: Callable[[Any], Any], inputs: Any, cuts: list[int])
 
     shape = tuple(inputs.full_shape or inputs.tensors[0].shape)
     empty = [torch.empty(0, dtype=x.dtype, device=x.device) for x in inputs.tensors]
-    merger = factory(dataclasses.replace(inputs, tensors=empty, offset=0, full_shape=shape))
-    ranges = list(zip(cuts[:-1], cuts[1:]))
+
+    def generator() -> Any:
+        return inputs.generator if seed is None else torch.Generator().manual_seed(seed)
+
+    merger = factory(dataclasses.replace(inputs, tensors=empty, offset=0, full_shape=shape, generator=generator()))
+    ranges = list(itertools.pairwise(cuts))
 
     def block(start: int, stop: int) -> Any:
-        return dataclasses.replace(inputs, tensors=[x[start:stop] for x in inputs.tensors], offset=start, full_shape=shape)
+        return dataclasses.replace(inputs, tensors=[x[start:stop] for x in inputs.tensors], offset=start,
+                                   full_shape=shape, generator=generator())
 
     for pass_index in pass_indices(merger):
         for rows in ranges:

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from mergehub.cli.render import warn
-from mergehub.config import Recipe, load_recipe
+from mergehub.config import Recipe
 from mergehub.errors import MergehubError
-from mergehub.plan import Plan, make_plan
+from mergehub.plan import Plan, checked_recipe, make_plan
 from mergehub.registry import Registry, build_registry
 from mergehub.yamlsource import Document, read_recipe_file
 
@@ -28,7 +28,7 @@ def read_recipe(path: str, reg: Registry, documents: list[Document] | None = Non
             f"{path} holds {len(documents)} YAML documents (a multi-stage recipe separated by ---)",
             hint=f"run it with: mergehub merge {path} (or mergehub mega); mergehub plan {path} shows every stage",
         )
-    recipe = load_recipe(documents[0], reg)
+    recipe = checked_recipe(documents[0], reg)
     for problem in recipe.warnings:
         warn(f"{problem.where(path)}: {problem.message}")
     return recipe

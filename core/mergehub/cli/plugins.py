@@ -4,27 +4,48 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from rich.markup import escape
 from rich.table import Table
 
-from mergehub.cli.render import out
-from mergehub.registry import build_registry
+from mergehub import catalog
+from mergehub.cli.render import err, out
+from mergehub.registry import Registry, build_registry
 
 HELP = "list installed plugins (methods, architectures, IO backends) and their status"
+COLUMNS = ("kind", "name", "distribution", "version", "status")
+#: The name listed for a plugin that derives architecture definitions from the model itself.
+DERIVED = "(derived)"
+DESCRIPTION = f"""{HELP}.
+
+One row per method, architecture definition and IO backend, with the distribution and version that provide it;
+a plugin that derives definitions from the model itself (mergehub-arch-transformers) is listed as architecture
+'{DERIVED}'. Plugins that failed to load, are switched off (MERGEHUB_DISABLE_PLUGINS, MERGEHUB_LOAD_PLUGINS) or
+conflict are listed with kind '-' and their status.
+
+On a terminal the listing is a table; piped or redirected it is plain text, one tab-separated row per line
+after a header line (kind, name, distribution, version, status), never cut to the terminal's width; --json
+prints a list of objects with those keys. When no plugin is loaded, a note on stderr says how to install the
+standard set ({catalog.STANDARD}); the exit status is 0 all the same: the listing itself succeeded."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
-def rows() -> list[dict[str, str]]:
-    reg = build_registry()
+def rows(reg: Registry | None = None) -> list[dict[str, str]]:
+    reg = reg or build_registry()
     found = []
     for kind, table in (("method", reg.methods), ("architecture", reg.architectures), ("io", reg.io_backends)):
         for name, registered in sorted(table.items()):
             plugin = registered.plugin
             found.append({"kind": kind, "name": name, "distribution": plugin.distribution,
                           "version": plugin.version, "status": "ok"})
+    for _, plugin in reg.derivers:
+        found.append({"kind": "architecture", "name": DERIVED, "distribution": plugin.distribution,
+                      "version": plugin.version, "status": "ok"})
     for record in reg.plugins.values():
         if record.error or record.disabled:
             found.append({"kind": "-", "name": record.name, "distribution": record.distribution,
@@ -35,15 +56,27 @@ def rows() -> list[dict[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    found = rows()
+    reg = build_registry()
+    found = rows(reg)
     if args.json:
         print(json.dumps(found, indent=2))
-        return 0
-    table = Table(title="mergehub plugins", title_justify="left")
-    for column in ("kind", "name", "distribution", "version", "status"):
-        table.add_column(column)
-    for row in found:
-        style = "green" if row["status"] == "ok" else "red"
-        table.add_row(*(row[c] for c in ("kind", "name", "distribution", "version")), f"[{style}]{row['status']}[/{style}]")
-    out.print(table)
+    elif out.is_terminal:
+        table = Table(title="mergehub plugins", title_justify="left")
+        for column in COLUMNS:  # a name too wide for the terminal is folded onto the next line, never cut
+            table.add_column(column, overflow="fold")
+        for row in found:
+            style = "green" if row["status"] == "ok" else "red"
+            cells = [escape(row[c]) for c in COLUMNS[:-1]]
+            table.add_row(*cells, f"[{style}]{escape(row['status'])}[/{style}]")
+        out.print(table)
+    else:
+        for row in [dict(zip(COLUMNS, COLUMNS)), *found]:
+            sys.stdout.write("\t".join(" ".join(row[c].split()) for c in COLUMNS) + "\n")
+    if not reg.loaded():
+        switched_off = any(r.disabled for r in reg.plugins.values())
+        note = ("no plugin is loaded, so mergehub can merge nothing: install the standard set of methods, "
+                f"architectures and IO backends with {catalog.STANDARD}")
+        if switched_off:
+            note += ", or switch installed plugins back on (MERGEHUB_DISABLE_PLUGINS, MERGEHUB_LOAD_PLUGINS)"
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,8 +12,22 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from mergehub.errors import MergehubError, RecipeError
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+
+
+class _Console(Console):
+    """rich's console, except that a closed pipe ends the command as every other closed pipe does.
+
+    rich's own handling exits with status 1, which would read as a recipe error; raising lets
+    ``mergehub.cli.main`` give the one status (141) for "the reader went away".
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+err = _Console(stderr=True, highlight=False)
+out = _Console(highlight=False)
 
 
 def error_panel(exc: MergehubError) -> None:

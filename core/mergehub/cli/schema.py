@@ -8,22 +8,31 @@ import json
 from rich.table import Table
 
 from mergehub.cli.common import registry
-from mergehub.cli.render import out
+from mergehub.cli.render import out, warn
+from mergehub.errors import MergehubError
+from mergehub.plugincheck import SCOPES
+from mergehub.plugincheck import parameter_table as markdown_table
 from mergehub.recipe_schema import recipe_schema
 from mergehub.registry import core_schema
 from mergehub.specs import MethodSpec
 
-HELP = "print the recipe JSON Schema, or one method's parameters"
+HELP = "print the recipe JSON Schema, or one method's parameters (--markdown: its README table)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--method", metavar="NAME", help="show the parameters of this merge method")
     group.add_argument("--architecture", action="store_true", help="print the schema architecture definitions follow")
-    parser.add_argument("--json", action="store_true", help="with --method: print the recipe schema for that method")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="with --method: print the recipe schema for that method")
+    form.add_argument("--markdown", action="store_true",
+                      help="with --method: print the parameter table its README must contain (paste it there)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.markdown and args.method is None:
+        raise MergehubError("--markdown prints one method's parameter table",
+                            hint="name the method: mergehub schema --method NAME --markdown")
     if args.architecture:
         print(json.dumps(core_schema("architecture"), indent=2))
         return 0
@@ -34,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
     method = reg.method(args.method)
     if args.json:
         print(json.dumps(recipe_schema(method), indent=2))
+    elif args.markdown:
+        table = markdown_table(method)
+        if table:
+            print(table, end="")
+        else:
+            warn(f"method '{method.name}' takes no parameters: its README needs no parameter table")
     else:
         out.print(parameter_table(method))
         out.print(contract_line(method))
@@ -55,10 +70,9 @@ def parameter_table(method: MethodSpec) -> Table:
     for column in ("parameter", "scope", "type", "default", "range", "description"):
         table.add_column(column)
     required = set(method.required_params())
-    scopes = {"input": "per model", "non_base": "per model (not base)", "shared": "shared"}
     for name, prop in method.parameters.get("properties", {}).items():
         default = "required" if name in required else json.dumps(prop.get("default"))
-        table.add_row(name, scopes[prop["x-scope"]], prop["type"], default, bounds(prop), prop["description"])
+        table.add_row(name, SCOPES[prop["x-scope"]], prop["type"], default, bounds(prop), prop["description"])
     return table
 
 

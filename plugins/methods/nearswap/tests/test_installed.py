@@ -1,0 +1,9 @@
+"""mergehub's plugin test kit, run on this distribution as installed (see mergehub.plugincheck)."""
+
+from __future__ import annotations
+
+from mergehub.testing import check_method_distribution
+
+
+def test_the_installed_distribution_keeps_the_plugin_contract() -> None:
+    check_method_distribution("mergehub-method-nearswap")
