@@ -444,38 +444,38 @@ def _core_verdict(pm: PluginManager) -> list[str]:
 
 
 def method_distribution_problems(distribution: str) -> list[str]:
-    pm, problems = _load(distribution)
-    if problems and not pm.get_plugins():
-        return problems
-    specs, failed = _registered(pm, "mergehub_register_methods")
-    problems += failed
-    if not specs and not failed:
-        problems.append("registers no merge method (its module implements no mergehub_register_methods)")
-    readme = readme_of(distribution)
-    if specs and not readme.strip():
-        problems.append("has no README in its metadata (set `readme = \"README.md\"` under [project])")
-    for spec in specs:
-        label = getattr(spec, "name", "?")
-        problems += [f"method '{label}': {p}" for p in method_problems(spec, readme)]
-    return problems or _core_verdict(pm)
+    return _distribution_problems(distribution, "method", "mergehub_register_methods", method_problems,
+                                  "registers no merge method (its module implements no mergehub_register_methods)")
 
 
 def architecture_distribution_problems(distribution: str) -> list[str]:
+    return _distribution_problems(
+        distribution, "architecture", "mergehub_register_architectures", architecture_problems,
+        "registers no architecture definition and derives none (its module implements neither "
+        "mergehub_register_architectures nor mergehub_derive_architecture)",
+        derives="mergehub_derive_architecture")
+
+
+def _distribution_problems(distribution: str, kind: str, hook: str, spec_problems, nothing: str,
+                           derives: str | None = None) -> list[str]:
+    """The contract problems of one installed distribution of ``kind``: its specs, README and the core's verdict.
+
+    ``derives`` names a hook that counts as registering something (an architecture plugin may only derive).
+    """
     pm, problems = _load(distribution)
     if problems and not pm.get_plugins():
         return problems
-    specs, failed = _registered(pm, "mergehub_register_architectures")
+    specs, failed = _registered(pm, hook)
     problems += failed
-    derives = bool(pm.hook.mergehub_derive_architecture.get_hookimpls())
-    if not specs and not failed and not derives:
-        problems.append("registers no architecture definition and derives none (its module implements neither "
-                        "mergehub_register_architectures nor mergehub_derive_architecture)")
+    derived = bool(derives and getattr(pm.hook, derives).get_hookimpls())
+    if not specs and not failed and not derived:
+        problems.append(nothing)
     readme = readme_of(distribution)
     if specs and not readme.strip():
         problems.append("has no README in its metadata (set `readme = \"README.md\"` under [project])")
     for spec in specs:
         label = getattr(spec, "name", "?")
-        problems += [f"architecture '{label}': {p}" for p in architecture_problems(spec, readme)]
+        problems += [f"{kind} '{label}': {p}" for p in spec_problems(spec, readme)]
     return problems or _core_verdict(pm)
 
 
