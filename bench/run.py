@@ -168,7 +168,7 @@ DEFAULT_TARGET = ("mergekit", 2, None)
 # and ends, so that the memory samples can be attributed to tensors (only with --attribute).
 TRACE_WRAPPER = """\
 import json, os, sys, time
-from mergehub import executor
+from mergehub.run import local as executor
 log = open(os.environ["MERGEHUB_BENCH_TRACE"], "w", buffering=1)
 original = executor.Executor.compute
 def record(spec, start, busy):

@@ -6,8 +6,7 @@ import platform
 import sys
 
 import pytest
-
-from mergehub import allocator
+from mergehub.run import allocator
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")

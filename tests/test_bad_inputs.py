@@ -55,10 +55,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from mergehub.testing import CliResult, forward_pass, load_state, run_cli
 from mergehub.testing import flat_output as flat
+from safetensors.torch import load_file, save_file
 
 OUT = "merged"
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from mergehub.blocks import row_ranges
-from mergehub.estimate import peak_bytes
+from mergehub.maths.blocks import row_ranges
+from mergehub.plan.estimate import peak_bytes
 from mergehub.testing import load_state, run_cli
 
 #: One recipe per file, ``{a}``, ``{b}``, ``{c}`` standing for three tiny models (a is the usual base).
@@ -37,10 +36,10 @@ def test_blocked_equals_whole(tmp_path, tiny_models, method):
 
 def linear_plan(tiny_models):
     """The plan of an equal-weight linear merge of two tiny models, and the models."""
-    from mergehub.config import load_recipe
-    from mergehub.plan import make_plan
-    from mergehub.registry import build_registry
-    from mergehub.yamlsource import parse_documents
+    from mergehub.plan.planner import make_plan
+    from mergehub.plugin.registry import build_registry
+    from mergehub.recipe.config import load_recipe
+    from mergehub.recipe.yamlsource import parse_documents
 
     a, b = tiny_models("a", layers=2, seed=1), tiny_models("b", layers=2, seed=2)
     registry = build_registry()
@@ -50,7 +49,7 @@ def linear_plan(tiny_models):
 
 
 def test_the_embedding_is_split_into_blocks_within_the_budget(tiny_models):
-    from mergehub.executor import Executor
+    from mergehub.run.local import Executor
 
     plan, a, b = linear_plan(tiny_models)
     embed = next(t for t in plan.tensors if t.name == "model.embed_tokens.weight")
@@ -68,7 +67,7 @@ def test_the_embedding_is_split_into_blocks_within_the_budget(tiny_models):
 
 
 def test_plan_memory_figure_follows_the_budget(tiny_models):
-    from mergehub.estimate import estimate
+    from mergehub.plan.estimate import estimate
 
     plan, _, _ = linear_plan(tiny_models)
     whole = max(peak_bytes(t) for t in plan.tensors)
@@ -80,7 +79,7 @@ def test_plan_memory_figure_follows_the_budget(tiny_models):
 
 def test_every_method_in_this_repository_merges_in_blocks_and_is_checked_here():
     """No method of plugins/methods holds a whole tensor: each declares blocks and has a recipe above."""
-    from mergehub.registry import build_registry
+    from mergehub.plugin.registry import build_registry
 
     registry = build_registry()
     names = sorted(p.name for p in (Path(__file__).parents[1] / "plugins" / "methods").iterdir() if p.is_dir())
@@ -93,7 +92,7 @@ def test_every_method_in_this_repository_merges_in_blocks_and_is_checked_here():
 @pytest.mark.parametrize("method,extra", [("dare_ties", ""), ("della", ", epsilon: 0.2")])
 def test_random_methods_on_large_tensors_ignore_blocks_and_threads(tmp_path, tiny_models, method, extra):
     """Tensors above randstream.SMALL_TENSOR draw from the addressable streams: any --max-memory, any thread count."""
-    from mergehub.randstream import SMALL_TENSOR
+    from mergehub.maths.randstream import SMALL_TENSOR
 
     base, a, b = (tiny_models(n, layers=1, seed=s, hidden=256, vocab=512) for n, s in (("big-a", 1), ("big-b", 2), ("big-c", 3)))
     recipe = tmp_path / "r.yml"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from huggingface_hub import ModelCard
-
 from mergehub.testing import populate_hub_cache, run_cli
 
 

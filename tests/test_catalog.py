@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from mergehub import catalog
-from mergehub.errors import MergehubError
-from mergehub.models import open_reader
-from mergehub.plugins import make_plugin_manager
-from mergehub.registry import build_registry
+from mergehub.common.errors import MergehubError
+from mergehub.models.loader import open_reader
+from mergehub.plugin import catalog
+from mergehub.plugin.discovery import make_plugin_manager
+from mergehub.plugin.registry import build_registry
 from mergehub.testing import CliResult, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from mergehub.cli.main import EXIT_STATUS, VERBS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from mergehub.taskarith import combine
+from mergehub.maths.taskarith import combine
 
 
 def obvious(base: torch.Tensor, deltas: list[torch.Tensor], weights: list[float], normalize: bool, consensus: bool,

@@ -1,6 +1,6 @@
 """Every method and architecture plugin of this repository, as installed, keeps the plugin contract.
 
-The checks are mergehub's plugin test kit (:mod:`mergehub.plugincheck`), exactly what a third-party plugin's
+The checks are mergehub's plugin test kit (:mod:`mergehub.testkit.contract`), exactly what a third-party plugin's
 own tests run; each plugin's ``tests/test_installed.py`` runs it on itself too. The distributions come from
 the installed entry points, never from a hand-kept list.
 """
@@ -11,9 +11,12 @@ import re
 from pathlib import Path
 
 import pytest
-
-from mergehub.registry import build_registry
-from mergehub.testing import check_architecture_distribution, check_method_distribution, plugin_distributions
+from mergehub.plugin.registry import build_registry
+from mergehub.testing import (
+    check_architecture_distribution,
+    check_method_distribution,
+    plugin_distributions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = plugin_distributions("method", under=ROOT)

@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from mergehub.testing import HeadersOnly, forward_pass, load_state, model_class, run_cli, stack_by_hand
-from mergehub.tinymodels import build_tiny
+from mergehub.testing import (
+    HeadersOnly,
+    forward_pass,
+    load_state,
+    model_class,
+    run_cli,
+    stack_by_hand,
+)
+from mergehub.testkit.tinymodels import build_tiny
 
 FAMILIES = ["qwen2", "qwen3", "qwen3_moe", "qwen3_5", "qwen3_next", "gemma2", "gemma3", "gemma3_vl", "gemma4", "phi3",
             "mixtral", "deepseek_v3", "olmo2", "glm4", "granite", "starcoder2", "gpt_neox", "phi", "cohere2", "exaone4",
@@ -103,11 +109,11 @@ def test_depth_upscaling_equals_the_stack_built_by_hand(merged: dict[str, Path])
 def test_validate_and_plan_read_no_tensor_data(merged: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """The whole multi-stage recipe validated and planned in-process, every reader wrapped: headers only."""
-    import mergehub.models
+    import mergehub.models.loader
     from mergehub.cli.main import VERBS, build_parser
 
-    real_open, headers = mergehub.models.open_reader, []
-    monkeypatch.setattr(mergehub.models, "open_reader", lambda *a, **k: HeadersOnly(real_open(*a, **k), headers))
+    real_open, headers = mergehub.models.loader.open_reader, []
+    monkeypatch.setattr(mergehub.models.loader, "open_reader", lambda *a, **k: HeadersOnly(real_open(*a, **k), headers))
     recipe = merged["a"].parent / "r.yaml"
     for verb in ("validate", "plan"):
         assert VERBS[verb].run(build_parser().parse_args([verb, str(recipe)])) == 0

@@ -26,14 +26,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from mergehub.config import load_recipe
-from mergehub.errors import MergehubError
-from mergehub.plan import make_plan
-from mergehub.registry import Registry, build_registry
-from mergehub.specs import MethodSpec
-from mergehub.stages import plan_stages, split_stages
-from mergehub.yamlsource import parse_documents
+from mergehub.common.errors import MergehubError
+from mergehub.plan.planner import make_plan
+from mergehub.plan.stages import plan_stages, split_stages
+from mergehub.plugin.registry import Registry, build_registry
+from mergehub.plugin.specs import MethodSpec
+from mergehub.recipe.config import load_recipe
+from mergehub.recipe.yamlsource import parse_documents
 
 LAYERS = 3
 FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=False,

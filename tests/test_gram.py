@@ -9,11 +9,15 @@ import random
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
-from mergehub.blocks import merge_whole
-from mergehub.gram import Fold, row_gram
-from mergehub.spherical import karcher_blocks, multislerp_blocks, nuslerp_blocks, slerp_blocks
+from mergehub.maths.blocks import merge_whole
+from mergehub.maths.gram import Fold, row_gram
+from mergehub.maths.spherical import (
+    karcher_blocks,
+    multislerp_blocks,
+    nuslerp_blocks,
+    slerp_blocks,
+)
 from mergehub.testing import merge_in_blocks
 from mergehub_method_model_stock.method import blocks as model_stock_blocks
 

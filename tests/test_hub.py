@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from mergehub.testing import forward_pass, load_state, populate_hub_cache, run_cli
 
 

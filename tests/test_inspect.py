@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from mergehub.testing import HeadersOnly, build_tiny_model, populate_hub_cache, run_cli
 
 #: Tiny text sizes shared by the families built here.
@@ -169,11 +168,11 @@ def test_clean_error(tmp_path, problem):
 @pytest.mark.parametrize("name", ["qwen3", "qwen3_5", "gemma3", "llama_tied"])
 def test_reads_no_tensor_data(models, name, monkeypatch, capsys):
     """The verb in-process, every reader the real IO backend opens wrapped: headers pass, tensor data fails the test."""
-    import mergehub.models
+    import mergehub.models.loader
     from mergehub.cli.main import VERBS, build_parser
 
-    real_open, headers = mergehub.models.open_reader, []
-    monkeypatch.setattr(mergehub.models, "open_reader", lambda *a, **k: HeadersOnly(real_open(*a, **k), headers))
+    real_open, headers = mergehub.models.loader.open_reader, []
+    monkeypatch.setattr(mergehub.models.loader, "open_reader", lambda *a, **k: HeadersOnly(real_open(*a, **k), headers))
     assert VERBS["inspect"].run(build_parser().parse_args(["inspect", str(models[name]), "--json"])) == 0
     report = json.loads(capsys.readouterr().out)
     assert headers, "the guard never saw the reader"

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from mergehub.architecture import LayerKey, Stack, WeightDef, from_definition
-from mergehub.errors import MergehubError
-from mergehub.layerconfig import _rule_value, _source_marked
+from mergehub.common.errors import MergehubError
+from mergehub.models.architecture import LayerKey, Stack, WeightDef, from_definition
+from mergehub.plan.layerconfig import _rule_value, _source_marked
 
 LEADING = LayerKey("first_k_dense_replace", "leading_count")
 PERIOD = LayerKey("decoder_sparse_step", "period")

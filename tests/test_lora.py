@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from mergehub.testing import forward_pass, load_state, populate_hub_cache, run_cli
+from safetensors.torch import load_file, save_file
 
 PREFIX = "base_model.model."
 
@@ -276,8 +275,8 @@ def test_row_blocks_give_the_same_bytes_as_whole_reads(wide_lora: tuple[Path, Pa
 
 def test_reader_rows_equal_the_whole_tensor(wide_lora: tuple[Path, Path], fresh_registry: Any) -> None:
     """Any row block, one-row blocks and blocks across chunk edges included, is that slice of the whole read."""
-    from mergehub.config import ModelRef
-    from mergehub.models import load_model
+    from mergehub.models.loader import load_model
+    from mergehub.recipe.config import ModelRef
 
     base, adapter = wide_lora
     info = load_model(ModelRef.parse(f"{base}+{adapter}"), fresh_registry)

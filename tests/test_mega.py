@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import torch
-
 from mergehub.testing import flat_output as flat
 from mergehub.testing import forward_pass, load_state, run_cli
 

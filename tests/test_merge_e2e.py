@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from mergehub.testing import forward_pass, load_state, merge_ok, run_cli
 
 

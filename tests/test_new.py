@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from mergehub.testing import run_cli
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import shutil
 
 import torch
-from safetensors.torch import load_file, save_file
-
 from mergehub.testing import load_state, run_cli
+from safetensors.torch import load_file, save_file
 
 NAME = "model.layers.1.self_attn.q_proj.weight"
 
@@ -48,7 +47,7 @@ def test_nan_made_by_the_method_from_finite_inputs(tmp_path, tiny_models):
 
 
 def test_the_fast_check_finds_every_nan_and_inf_and_no_false_alarm():
-    from mergehub.finite import all_finite
+    from mergehub.run.finite import all_finite
 
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         x = torch.randn(1000, dtype=torch.float32).to(dtype)

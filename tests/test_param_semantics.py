@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from mergehub.testing import flat_output, load_state, run_cli
 
 SCHEMA = {

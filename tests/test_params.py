@@ -1,6 +1,6 @@
 """Parameter resolution (mergekit semantics, reference §1.5) against hand-computed values.
 
-Unit tests of mergehub.params, then one planner-level test of which tensor name each kind of parameter is
+Unit tests of mergehub.recipe.params, then one planner-level test of which tensor name each kind of parameter is
 matched against and which slice and gradient value the non-layer tensors use.
 """
 
@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from mergehub.config import load_recipe
-from mergehub.params import UNSET, evaluate, interpolate, layer_position, resolve
-from mergehub.plan import make_plan
-from mergehub.registry import build_registry
-from mergehub.yamlsource import parse_documents
+from mergehub.plan.planner import make_plan
+from mergehub.plugin.registry import build_registry
+from mergehub.recipe.config import load_recipe
+from mergehub.recipe.params import UNSET, evaluate, interpolate, layer_position, resolve
+from mergehub.recipe.yamlsource import parse_documents
 
 Q = "model.layers.3.self_attn.q_proj.weight"
 UP = "model.layers.3.mlp.up_proj.weight"
@@ -214,9 +213,8 @@ slices:
 
 def test_yaml_reads_exponent_numbers_and_stays_safe():
     import pytest
-
-    from mergehub.errors import MergehubError
-    from mergehub.yamlsource import parse_documents
+    from mergehub.common.errors import MergehubError
+    from mergehub.recipe.yamlsource import parse_documents
 
     data = parse_documents("a: 1e-4\nb: 1\nc: 1.5e3\nd: x1e4\ne: '1e-4'\nf: 2E+2\n")[0].data
     assert data == {"a": 1e-4, "b": 1, "c": 1500.0, "d": "x1e4", "e": "1e-4", "f": 200.0}

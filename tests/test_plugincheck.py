@@ -1,4 +1,4 @@
-"""The plugin test kit (mergehub.plugincheck) passes a good plugin and names what is wrong with a bad one.
+"""The plugin test kit (mergehub.testkit.contract) passes a good plugin and names what is wrong with a bad one.
 
 Each plugin here is real: a package and a ``*.dist-info`` (METADATA with the README as long description,
 entry_points.txt) written to a folder put on sys.path, which importlib.metadata finds like any installed
@@ -12,14 +12,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from mergehub.plugincheck import (
+from mergehub.plugin.specs import MethodSpec
+from mergehub.testing import (
+    check_architecture_distribution,
+    check_method_distribution,
+    run_cli,
+)
+from mergehub.testkit.contract import (
     architecture_distribution_problems,
     method_distribution_problems,
     parameter_table,
 )
-from mergehub.specs import MethodSpec
-from mergehub.testing import check_architecture_distribution, check_method_distribution, run_cli
 
 SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -228,8 +231,8 @@ def test_an_architecture_plugin_is_checked(site: Path) -> None:
 
 
 def test_schema_markdown_prints_the_table_the_kit_expects() -> None:
-    from mergehub.plugincheck import readme_of
-    from mergehub.registry import build_registry
+    from mergehub.plugin.registry import build_registry
+    from mergehub.testkit.contract import readme_of
 
     result = run_cli("schema", "--method", "ties", "--markdown")
     assert result.returncode == 0, result.output

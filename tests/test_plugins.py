@@ -18,11 +18,10 @@ from pathlib import Path
 import pluggy
 import pytest
 import torch
-
 from mergehub import MethodSpec, hookimpl
-from mergehub.errors import PluginError
-from mergehub.plugins import PluginManager, make_plugin_manager
-from mergehub.registry import build_registry
+from mergehub.common.errors import PluginError
+from mergehub.plugin.discovery import PluginManager, make_plugin_manager
+from mergehub.plugin.registry import build_registry
 from mergehub.testing import CliResult, load_state, run_cli
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-
-from mergehub.quantiles import BlockQuantiles, index_quantiles
-from mergehub.rowsums import RowSums
-from mergehub.topk import RankWindow
+from mergehub.maths.quantiles import BlockQuantiles, index_quantiles
+from mergehub.maths.rowsums import RowSums
+from mergehub.maths.topk import RankWindow
 
 
 def reference(values: torch.Tensor, start: int, stop: int) -> torch.Tensor:

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-
 from mergehub.testing import CliResult, load_state, run_cli
 from mergehub.testing import flat_output as flat
 

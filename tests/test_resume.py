@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from mergehub.testing import flat_output, run_cli
 
 OPTIONS = ["--max-memory", "32KiB", "--shard-size", "2MB", "--seed", "7"]

@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from mergehub.testing import CliResult, build_tiny_model, forward_pass, run_cli
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).parents[1]
 
@@ -133,8 +132,7 @@ def test_every_unpickling_and_yaml_load_in_shipped_code_is_safe() -> None:
 
 def test_recipe_loader_is_the_safe_loader() -> None:
     import yaml
-
-    from mergehub.yamlsource import RecipeLoader
+    from mergehub.recipe.yamlsource import RecipeLoader
 
     assert issubclass(RecipeLoader, yaml.SafeLoader)
 
@@ -269,7 +267,7 @@ def test_model_code_in_config_auto_map_is_never_imported(tmp_path: Path, remote:
 
 def test_trusted_tokenizer_loading_still_imports_no_config_code(tmp_path: Path, remote: dict[str, Any]) -> None:
     """transformers' own AutoTokenizer(trust_remote_code=True) would import configuration_custom.py; ours does not."""
-    from mergehub.tokenizer import load_tokenizer
+    from mergehub.models.tokenizer import load_tokenizer
 
     model = remote_model_code(tmp_path / "model-code", remote["marker"])
     assert load_tokenizer(model, trust_remote_code=True) is not None
@@ -360,7 +358,7 @@ def test_stage_names_that_are_not_plain_names_are_refused(tmp_path: Path, tiny_m
 
 
 def test_stage_name_rule_accepts_ordinary_names() -> None:
-    from mergehub.stages import STAGE_NAME
+    from mergehub.plan.stages import STAGE_NAME
 
     for name in ("a", "stage_one", "blend-2", "v1.5", "_draft", "étape", "a" * 100):
         assert STAGE_NAME.fullmatch(name), name
@@ -407,7 +405,7 @@ def test_multi_stage_merge_writes_only_inside_out_and_the_intermediate_dir(tmp_p
 
 def test_no_recipe_key_names_a_file_to_write(fresh_registry: Any) -> None:
     """The only recipe value that becomes part of an output path is a stage's name (checked above)."""
-    from mergehub.recipe_schema import recipe_schema
+    from mergehub.recipe.schema import recipe_schema
 
     keys = set(recipe_schema(None)["properties"])
     assert keys == {"name", "merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype",

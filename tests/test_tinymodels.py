@@ -1,4 +1,4 @@
-"""mergehub.tinymodels: every family builds, reloads with transformers, runs, and has the
+"""mergehub.testkit.tinymodels: every family builds, reloads with transformers, runs, and has the
 per-layer variety (sliding/global, linear/full attention, dense/MoE, no-RoPE layers) that merge
 tests rely on. A family that silently lost its variety would make those tests pass vacuously.
 """
@@ -14,9 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from mergehub.testkit.tinymodels import (
+    FAMILIES,
+    Family,
+    build_tiny,
+    family,
+    tiny_config,
+)
 from safetensors import safe_open
-
-from mergehub.tinymodels import FAMILIES, Family, build_tiny, family, tiny_config
 
 INPUT_IDS = [[1, 2, 3, 4, 5]]
 VOCAB = 96
@@ -187,6 +192,6 @@ def test_unknown_name_is_refused() -> None:
 
 def test_import_is_cheap() -> None:
     """A pytest plugin imports the module: it must not pull in torch or transformers."""
-    code = "import sys, mergehub.tinymodels; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = "import sys, mergehub.testkit.tinymodels; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

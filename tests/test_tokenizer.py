@@ -14,8 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from mergehub.testing import build_tiny_model, forward_pass, load_state, merge_ok, run_cli
+from mergehub.testing import (
+    build_tiny_model,
+    forward_pass,
+    load_state,
+    merge_ok,
+    run_cli,
+)
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 WORDS_A = [f"w{i}" for i in range(3, 50)]
@@ -330,13 +335,13 @@ def test_plan_and_validate_agree_with_the_written_shapes(tmp_path, models):
 def _planned_readers_keep_their_plan() -> bool:
     from types import SimpleNamespace
 
-    from mergehub.stages import PlannedReader
+    from mergehub.plan.stages import PlannedReader
 
     return hasattr(PlannedReader(SimpleNamespace(tensors=[])), "plan")  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(not _planned_readers_keep_their_plan(),
-                    reason="needs mergehub.stages.PlannedReader to keep its plan (self.plan = plan)")
+                    reason="needs mergehub.plan.stages.PlannedReader to keep its plan (self.plan = plan)")
 def test_a_later_stage_builds_on_the_tokenizer_an_earlier_stage_will_write(tmp_path, models):
     """Stage 2's tokenizer base is stage 1's output, which does not exist when every stage is planned."""
     cfg = write(tmp_path / "r.yaml", f"""name: first
@@ -446,10 +451,10 @@ def test_model_token_needs_token_or_token_id(tmp_path, models):
 
 def test_stripping_a_bpe_tokenizer_drops_merges_of_removed_tokens():
     """strip_tokenizer on a real BPE tokenizer: ids at or above the limit go, and so do merges making them."""
-    from tokenizers import Tokenizer, models as tokenizer_models
+    from mergehub.models.tokenizer import strip_tokenizer
+    from tokenizers import Tokenizer
+    from tokenizers import models as tokenizer_models
     from transformers import PreTrainedTokenizerFast
-
-    from mergehub.tokenizer import strip_tokenizer
 
     vocab = {"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4}
     bpe = Tokenizer(tokenizer_models.BPE(vocab=vocab, merges=[("a", "b"), ("ab", "c")]))

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from mergehub.topk import TopK
+from mergehub.maths.topk import TopK
 
 
 def reference(values: torch.Tensor, k: int) -> torch.Tensor:

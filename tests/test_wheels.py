@@ -18,7 +18,7 @@ from pathlib import Path
 
 import mergehub
 import tomllib
-from mergehub import catalog
+from mergehub.plugin import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = (ROOT / "VERSION").read_text(encoding="utf-8").strip()

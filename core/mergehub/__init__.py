@@ -1,16 +1,31 @@
 """mergehub: merge the weights of large language models from YAML recipes.
 
-The core knows no merge method, architecture or file format by itself; all of them
-arrive through plugins (see :mod:`mergehub.hookspecs`).
+This module is the public API for plugin authors. A method, architecture, IO or executor plugin
+imports what it needs from here, block kernels from :mod:`mergehub.maths`, and test helpers from
+:mod:`mergehub.testing`; every other module is internal and may change between releases.
+
+The core knows no merge method, architecture or file format by itself; all of them arrive
+through plugins (see :mod:`mergehub.plugin.hookspecs` for the hooks). The packages read as the
+pipeline: :mod:`~mergehub.recipe` (text to a validated recipe), :mod:`~mergehub.models` (finding
+and reading inputs), :mod:`~mergehub.plan` (recipe to plan), :mod:`~mergehub.run` (plan to files),
+with :mod:`~mergehub.plugin`, :mod:`~mergehub.maths` and :mod:`~mergehub.common` beneath them.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from mergehub.errors import MergehubError, Problem, RecipeError
-from mergehub.hookspecs import hookimpl
-from mergehub.specs import ArchitectureSpec, IOBackendSpec, MergeInputs, MethodSpec
+from mergehub.common import dtypes
+from mergehub.common.errors import MergehubError, Problem, RecipeError
+from mergehub.plugin.hookspecs import hookimpl
+from mergehub.plugin.specs import (
+    ArchitectureSpec,
+    IOBackendSpec,
+    MergeInputs,
+    MethodSpec,
+    TensorHeader,
+    TensorReader,
+)
 
 try:  # the one version, written in the repository's VERSION file, as the installed distribution states it
     __version__ = version("mergehub")
@@ -25,6 +40,9 @@ __all__ = [
     "MethodSpec",
     "Problem",
     "RecipeError",
+    "TensorHeader",
+    "TensorReader",
+    "dtypes",
     "hookimpl",
     "__version__",
 ]

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 
 from mergehub.cli.render import warn
-from mergehub.config import Recipe
-from mergehub.errors import MergehubError
-from mergehub.plan import Plan, checked_recipe, make_plan
-from mergehub.registry import Registry, build_registry
-from mergehub.yamlsource import Document, read_recipe_file
+from mergehub.common.errors import MergehubError
+from mergehub.plan.planner import Plan, checked_recipe, make_plan
+from mergehub.plugin.registry import Registry, build_registry
+from mergehub.recipe.config import Recipe
+from mergehub.recipe.yamlsource import Document, read_recipe_file
 
 
 def registry() -> Registry:

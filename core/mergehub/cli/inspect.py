@@ -26,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergehub.inspection import inspect_model
+    from mergehub.models.inspection import inspect_model
 
     report = inspect_model(args.model, registry(), trust_remote_code=args.trust_remote_code)
     if args.json:

@@ -11,7 +11,7 @@ from types import ModuleType
 from mergehub import __version__
 from mergehub.cli import inspect, mega, merge, new, plan, plugins, schema, validate
 from mergehub.cli.render import error_panel
-from mergehub.errors import MergehubError
+from mergehub.common.errors import MergehubError
 
 VERBS: dict[str, ModuleType] = {
     "merge": merge, "mega": mega, "plan": plan, "validate": validate, "schema": schema, "plugins": plugins,

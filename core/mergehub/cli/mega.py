@@ -8,7 +8,7 @@ from pathlib import Path
 from mergehub.cli import merge as merge_verb
 from mergehub.cli.common import registry
 from mergehub.cli.render import err, progress_bar, warn
-from mergehub.yamlsource import Document, read_recipe_file
+from mergehub.recipe.yamlsource import Document, read_recipe_file
 
 HELP = "run a multi-stage recipe: documents separated by ---, later ones using earlier ones by name"
 
@@ -18,8 +18,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, documents: list[Document] | None = None) -> int:
-    from mergehub.mega import RunOptions, default_intermediate, run_stages  # imports torch
-    from mergehub.stages import plan_stages, split_stages
+    from mergehub.plan.stages import plan_stages, split_stages
+    from mergehub.run.runner import (  # imports torch
+        RunOptions,
+        default_intermediate,
+        run_stages,
+    )
 
     reg = registry()
     documents = documents or read_recipe_file(args.config)

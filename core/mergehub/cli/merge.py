@@ -7,11 +7,17 @@ import re
 import time
 from pathlib import Path
 
-from mergehub.cli.common import add_config_argument, add_model_options, plan_recipe, read_recipe, registry
+from mergehub.cli.common import (
+    add_config_argument,
+    add_model_options,
+    plan_recipe,
+    read_recipe,
+    registry,
+)
 from mergehub.cli.render import err, progress_bar
-from mergehub.blocks import DEFAULT_MAX_MEMORY
-from mergehub.errors import MergehubError
-from mergehub.yamlsource import read_recipe_file
+from mergehub.common.errors import MergehubError
+from mergehub.maths.blocks import DEFAULT_MAX_MEMORY
+from mergehub.recipe.yamlsource import read_recipe_file
 
 HELP = "merge models as a recipe says and write the result"
 UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "B": 1000**3, "T": 1000**4,
@@ -52,8 +58,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergehub.output import check_output, check_supported, write_model  # imports torch: only when merging
-    from mergehub.resume import run_identity
+    from mergehub.run.journal import run_identity
+    from mergehub.run.output import (  # imports torch: only when merging
+        check_output,
+        check_supported,
+        write_model,
+    )
 
     started = time.perf_counter()
     reg = registry()

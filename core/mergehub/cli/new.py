@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from mergehub.cli.render import out
-from mergehub.errors import MergehubError
+from mergehub.common.errors import MergehubError
 
 HELP = "write a new plugin distribution (a method or an architecture) with its tests, ready to install"
 
@@ -79,7 +79,7 @@ def scaffold(kind: str, name: str, directory: str | Path = ".") -> Path:
     if root.exists():
         raise MergehubError(f"{root} already exists; mergehub new never overwrites",
                             hint="remove it, or choose another place with --dir")
-    templates = resources.files("mergehub").joinpath(f"templates/new/{kind}")
+    templates = resources.files("mergehub.cli").joinpath(f"templates/{kind}")
     texts = {target.format(**values): render(templates.joinpath(source).read_text("utf-8"), values)
              for source, target in FILES[kind].items()}
     if kind == "method":
@@ -96,8 +96,8 @@ def scaffold(kind: str, name: str, directory: str | Path = ".") -> Path:
 
 def readme_table(schema_text: str) -> str:
     """The parameter table of the new method's README, from its schema (what the plugin test kit expects)."""
-    from mergehub.plugincheck import parameter_table
-    from mergehub.specs import MethodSpec
+    from mergehub.plugin.specs import MethodSpec
+    from mergehub.testkit.contract import parameter_table
 
     json.loads(schema_text)  # a template that is not JSON fails here, not in the user's hands
     with tempfile.TemporaryDirectory() as scratch:

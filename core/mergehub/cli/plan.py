@@ -8,11 +8,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from mergehub.blocks import DEFAULT_MAX_MEMORY
 from mergehub.cli.common import add_config_argument, add_model_options, registry
 from mergehub.cli.merge import parse_size
 from mergehub.cli.render import out
-from mergehub.yamlsource import read_recipe_file
+from mergehub.maths.blocks import DEFAULT_MAX_MEMORY
+from mergehub.recipe.yamlsource import read_recipe_file
 
 HELP = "show per stage what a recipe will read and write, its peak memory, disk and time, without merging"
 
@@ -33,10 +33,10 @@ def gb(size: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mergehub.estimate import estimate
-    from mergehub.fingerprint import stored_fingerprint
-    from mergehub.mega import default_intermediate, fingerprints
-    from mergehub.stages import plan_stages, split_stages
+    from mergehub.plan.estimate import estimate
+    from mergehub.plan.fingerprint import stored_fingerprint
+    from mergehub.plan.stages import plan_stages, split_stages
+    from mergehub.run.runner import default_intermediate, fingerprints
 
     reg = registry()
     target: Path = args.out or Path("merged") / args.config.stem

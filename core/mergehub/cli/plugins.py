@@ -9,9 +9,9 @@ import sys
 from rich.markup import escape
 from rich.table import Table
 
-from mergehub import catalog
 from mergehub.cli.render import err, out
-from mergehub.registry import Registry, build_registry
+from mergehub.plugin import catalog
+from mergehub.plugin.registry import Registry, build_registry
 
 HELP = "list installed plugins (methods, architectures, IO backends) and their status"
 COLUMNS = ("kind", "name", "distribution", "version", "status")

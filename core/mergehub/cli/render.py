@@ -8,10 +8,16 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
-from mergehub.errors import MergehubError, RecipeError
-
+from mergehub.common.errors import MergehubError, RecipeError
 
 
 class _Console(Console):

@@ -9,12 +9,12 @@ from rich.table import Table
 
 from mergehub.cli.common import registry
 from mergehub.cli.render import out, warn
-from mergehub.errors import MergehubError
-from mergehub.plugincheck import SCOPES
-from mergehub.plugincheck import parameter_table as markdown_table
-from mergehub.recipe_schema import recipe_schema
-from mergehub.registry import core_schema
-from mergehub.specs import MethodSpec
+from mergehub.common.errors import MergehubError
+from mergehub.plugin.registry import core_schema
+from mergehub.plugin.specs import MethodSpec
+from mergehub.recipe.schema import recipe_schema
+from mergehub.testkit.contract import SCOPES
+from mergehub.testkit.contract import parameter_table as markdown_table
 
 HELP = "print the recipe JSON Schema, or one method's parameters (--markdown: its README table)"
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mergehub.cli.common import add_config_argument, add_model_options, plan_recipe, read_recipe, registry
+from mergehub.cli.common import (
+    add_config_argument,
+    add_model_options,
+    plan_recipe,
+    read_recipe,
+    registry,
+)
 from mergehub.cli.render import out, warn
-from mergehub.plan import Plan
-from mergehub.yamlsource import read_recipe_file
+from mergehub.plan.planner import Plan
+from mergehub.recipe.yamlsource import read_recipe_file
 
 HELP = "check a recipe (schema, models, layer ranges, parameters) without merging"
 
@@ -27,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     reg = registry()
     documents = read_recipe_file(args.config)
     if len(documents) > 1:
-        from mergehub.stages import plan_stages, split_stages
+        from mergehub.plan.stages import plan_stages, split_stages
 
         stages = split_stages(documents, Path("merged") / args.config.stem, Path("merged") / f"{args.config.stem}.stages")
         plan_stages(stages, reg, args.allow_crimes, args.trust_remote_code)

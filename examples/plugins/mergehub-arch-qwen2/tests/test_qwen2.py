@@ -9,9 +9,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
-
-from mergehub.registry import core_schema
-from mergehub.testing import forward_pass, load_state, run_cli, stack_by_hand
+from mergehub.testing import (
+    core_schema,
+    forward_pass,
+    load_state,
+    run_cli,
+    stack_by_hand,
+)
 
 DEFINITION = json.loads(resources.files("mergehub_arch_qwen2").joinpath("qwen2.json").read_text("utf-8"))
 INFERRED = "no installed architecture plugin knows Qwen2ForCausalLM"

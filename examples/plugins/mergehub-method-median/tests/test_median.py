@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
-
 from mergehub import MergeInputs
 from mergehub.testing import forward_pass, load_state, run_cli
 from mergehub_method_median.method import merge

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
-
-from mergehub.registry import build_registry, core_schema
-from mergehub.testing import check_definition
+from mergehub.testing import build_registry, check_definition, core_schema
 
 SPEC = build_registry().architectures["llama"].spec
 

@@ -9,11 +9,10 @@ import jsonschema
 import pytest
 import torch
 import transformers
-from safetensors import safe_open
-
-from mergehub.registry import core_schema
+from mergehub.testing import core_schema
 from mergehub_arch_transformers.check import check_config
 from mergehub_arch_transformers.derive import derive
+from safetensors import safe_open
 
 
 def save(model: torch.nn.Module, path: Path, original: bool = True) -> tuple[dict, list[str]]:

@@ -16,10 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from mergehub.errors import MergehubError
-from mergehub.models import open_reader
-from mergehub.testing import CliResult, forward_pass, load_state, merge_ok, run_cli
+from mergehub import MergehubError
+from mergehub.testing import (
+    CliResult,
+    forward_pass,
+    load_state,
+    merge_ok,
+    open_reader,
+    run_cli,
+)
 from mergehub_io_pytorch.backend import INDEX, PytorchBackend, PytorchReader
 
 

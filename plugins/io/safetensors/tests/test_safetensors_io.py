@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from mergehub import dtypes
+from mergehub_io_safetensors.backend import SafetensorsBackend
 from safetensors import safe_open
 from safetensors.torch import save_file
-
-from mergehub.dtypes import name_of
-from mergehub_io_safetensors.backend import SafetensorsBackend
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool]
 
@@ -27,7 +26,7 @@ def test_streaming_writer_round_trips_every_dtype(tmp_path):
     tensors = {f"t{i}": sample(d, (3, i + 1)) for i, d in enumerate(DTYPES)}
     tensors["scalar"] = torch.tensor(2.5)
     tensors["empty"] = torch.zeros(0, 4)
-    entries = [(n, name_of(t.dtype), tuple(t.shape)) for n, t in tensors.items()]
+    entries = [(n, dtypes.name_of(t.dtype), tuple(t.shape)) for n, t in tensors.items()]
     with SafetensorsBackend().writer(tmp_path / "x.safetensors", entries, {"format": "pt"}) as writer:
         for name, tensor in tensors.items():
             writer.write(name, tensor)
@@ -76,7 +75,7 @@ def test_reader_single_and_sharded(tmp_path):
 
 
 def test_corrupt_file_is_a_clear_error(tmp_path):
-    from mergehub.errors import MergehubError
+    from mergehub import MergehubError
 
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(MergehubError, match="model.safetensors"):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
-from mergehub.tensormath import index_quantiles, softmax_kl
+from mergehub.maths import index_quantiles, softmax_kl
 from mergehub.testing import merge_in_blocks
 from mergehub_method_arcee_fusion.method import FusionBlocks, merge
 

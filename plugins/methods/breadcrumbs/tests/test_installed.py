@@ -1,4 +1,4 @@
-"""mergehub's plugin test kit, run on this distribution as installed (see mergehub.plugincheck)."""
+"""mergehub's plugin test kit, run on this distribution as installed (see mergehub.testkit.contract)."""
 
 from __future__ import annotations
 

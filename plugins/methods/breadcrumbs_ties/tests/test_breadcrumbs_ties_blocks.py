@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
-from mergehub.outliers import breadcrumbs_ties_blocks
+from mergehub.maths import breadcrumbs_ties_blocks
 from mergehub.testing import merge_in_blocks
 from mergehub_method_breadcrumbs_ties.method import merge
 

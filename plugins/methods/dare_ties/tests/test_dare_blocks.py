@@ -7,11 +7,13 @@ import math
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
-from mergehub.dropout import dare_linear_blocks, dare_ties_blocks
-from mergehub.randstream import SMALL_TENSOR
-from mergehub.blocks import merge_whole
+from mergehub.maths import (
+    SMALL_TENSOR,
+    dare_linear_blocks,
+    dare_ties_blocks,
+    merge_whole,
+)
 from mergehub.testing import merge_in_blocks, related_tensors
 
 FACTORIES = {"dare_ties": dare_ties_blocks, "dare_linear": dare_linear_blocks}

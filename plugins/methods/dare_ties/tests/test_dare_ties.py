@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
 from mergehub.testing import forward_pass, run_cli
 from mergehub_method_dare_ties.method import merge

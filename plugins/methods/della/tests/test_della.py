@@ -7,10 +7,8 @@ import math
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
-from mergehub.registry import build_registry
-from mergehub.testing import forward_pass, run_cli
+from mergehub.testing import build_registry, forward_pass, run_cli
 from mergehub_method_della.method import merge
 
 SHARED = {"normalize": True, "rescale": True, "lambda": 1.0, "int8_mask": False}

@@ -7,11 +7,14 @@ import math
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
-from mergehub.dropout import della_blocks, della_linear_blocks, magnitude_order
-from mergehub.randstream import SMALL_TENSOR
-from mergehub.blocks import merge_whole
+from mergehub.maths import (
+    SMALL_TENSOR,
+    della_blocks,
+    della_linear_blocks,
+    magnitude_order,
+    merge_whole,
+)
 from mergehub.testing import merge_in_blocks, related_tensors
 
 FACTORIES = {"della": della_blocks, "della_linear": della_linear_blocks}

@@ -6,10 +6,8 @@ import math
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
-from mergehub.registry import build_registry
-from mergehub.testing import forward_pass, load_state, run_cli
+from mergehub.testing import build_registry, forward_pass, load_state, run_cli
 from mergehub_method_della_linear.method import merge
 
 SHARED = {"normalize": False, "rescale": True, "lambda": 1.0, "int8_mask": False}

@@ -8,26 +8,9 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
-
 from mergehub import MergeInputs
-from mergehub.testing import forward_pass, load_state, run_cli
+from mergehub.testing import forward_pass, load_state, plan_problems, run_cli
 from mergehub_method_karcher.method import merge
-
-
-def plan_problems(text: str) -> list[str]:
-    """The problems planning a recipe reports (in-process: the planner reads only headers)."""
-    from mergehub import RecipeError
-    from mergehub.config import load_recipe
-    from mergehub.plan import make_plan
-    from mergehub.registry import build_registry
-    from mergehub.yamlsource import parse_documents
-
-    registry = build_registry()
-    try:
-        make_plan(load_recipe(parse_documents(text)[0], registry), registry).close()
-    except RecipeError as exc:
-        return [problem.message for problem in exc.problems]
-    return []
 
 
 def karcher_of(*xs: torch.Tensor, max_iter: int = 10, tol: float = 1e-5, base: int | None = None) -> torch.Tensor:

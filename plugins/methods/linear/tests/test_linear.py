@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from mergehub import MergeInputs
 from mergehub_method_linear.method import merge
 

@@ -8,26 +8,9 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
-
-from mergehub import MergeInputs, MergehubError
-from mergehub.testing import forward_pass, load_state, run_cli
+from mergehub import MergehubError, MergeInputs
+from mergehub.testing import forward_pass, load_state, plan_problems, run_cli
 from mergehub_method_multislerp.method import check, merge
-
-
-def plan_problems(text: str) -> list[str]:
-    """The problems planning a recipe reports (in-process: the planner reads only headers)."""
-    from mergehub import RecipeError
-    from mergehub.config import load_recipe
-    from mergehub.plan import make_plan
-    from mergehub.registry import build_registry
-    from mergehub.yamlsource import parse_documents
-
-    registry = build_registry()
-    try:
-        make_plan(load_recipe(parse_documents(text)[0], registry), registry).close()
-    except RecipeError as exc:
-        return [problem.message for problem in exc.problems]
-    return []
 
 
 def multislerp_of(xs: list[torch.Tensor], weights: list[float], base: torch.Tensor | None = None,

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
 from mergehub.testing import forward_pass, load_state, run_cli
 from mergehub_method_sce.method import merge

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
 from mergehub.testing import merge_in_blocks
 from mergehub_method_sce.method import SceBlocks, merge, variance

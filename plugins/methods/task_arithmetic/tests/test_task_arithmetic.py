@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from mergehub import MergeInputs
 from mergehub.testing import forward_pass, load_state, run_cli
 from mergehub_method_task_arithmetic.method import merge

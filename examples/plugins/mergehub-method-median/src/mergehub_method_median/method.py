@@ -9,9 +9,8 @@ inputs) and returned in the inputs' dtype.
 from __future__ import annotations
 
 import torch
-
 from mergehub import MergeInputs
-from mergehub.tensormath import working_dtype
+from mergehub.maths import working_dtype
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

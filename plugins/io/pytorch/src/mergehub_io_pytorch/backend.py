@@ -15,10 +15,7 @@ import warnings
 from pathlib import Path
 
 import torch
-
-from mergehub.dtypes import ITEMSIZE, name_of
-from mergehub.errors import MergehubError
-from mergehub.models import TensorHeader
+from mergehub import MergehubError, TensorHeader, dtypes
 
 INDEX = "pytorch_model.bin.index.json"
 SINGLE = "pytorch_model.bin"
@@ -102,11 +99,11 @@ class PytorchReader:
     def header(self, name: str) -> TensorHeader:
         """dtype and shape from the (mapped) tensor's metadata; its data is not read."""
         tensor = self._tensor(name)
-        dtype = name_of(tensor.dtype)
-        if dtype not in ITEMSIZE or tensor.layout is not torch.strided:
+        dtype = dtypes.name_of(tensor.dtype)
+        if dtype not in dtypes.ITEMSIZE or tensor.layout is not torch.strided:
             raise MergehubError(f"tensor {name} in {self.directory / self.where[name]} is a {tensor.layout} {dtype} "
                                 "tensor, which mergehub cannot merge",
-                                hint="only dense tensors of these dtypes are supported: " + ", ".join(ITEMSIZE))
+                                hint="only dense tensors of these dtypes are supported: " + ", ".join(dtypes.ITEMSIZE))
         return TensorHeader(dtype, tuple(tensor.shape))
 
     def read(self, name: str) -> torch.Tensor:

@@ -14,9 +14,9 @@ from typing import Any, BinaryIO
 import torch
 from safetensors import SafetensorError, safe_open
 
-from mergehub.dtypes import CODES_BY_NAME, SAFETENSORS_CODES, nbytes
-from mergehub.errors import MergehubError
-from mergehub.models import TensorHeader
+from mergehub import dtypes
+from mergehub import MergehubError
+from mergehub import TensorHeader
 from mergehub_io_safetensors.damage import header_problem
 
 INDEX = "model.safetensors.index.json"
@@ -84,10 +84,10 @@ class SafetensorsReader:
     def header(self, name: str) -> TensorHeader:
         sliced = self._handle(self.where[name]).get_slice(name)
         code = sliced.get_dtype()
-        if code not in SAFETENSORS_CODES:
+        if code not in dtypes.SAFETENSORS_CODES:
             raise MergehubError(f"tensor {name} in {self.directory / self.where[name]} has dtype {code}, which mergehub "
-                                "cannot read", hint="convert the model to one of: " + ", ".join(SAFETENSORS_CODES))
-        return TensorHeader(SAFETENSORS_CODES[code], tuple(sliced.get_shape()))
+                                "cannot read", hint="convert the model to one of: " + ", ".join(dtypes.SAFETENSORS_CODES))
+        return TensorHeader(dtypes.SAFETENSORS_CODES[code], tuple(sliced.get_shape()))
 
     def read(self, name: str) -> torch.Tensor:
         return self._handle(self.where[name]).get_tensor(name)
@@ -154,8 +154,8 @@ class StreamingWriter:
         header: dict[str, Any] = {"__metadata__": metadata}
         offset = 0
         for name, dtype, shape in entries:
-            size = nbytes(dtype, shape)
-            header[name] = {"dtype": CODES_BY_NAME[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            size = dtypes.nbytes(dtype, shape)
+            header[name] = {"dtype": dtypes.CODES_BY_NAME[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
             self.sizes[name] = size
             offset += size
         raw = json.dumps(header, separators=(",", ":")).encode()

@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from mergehub.dtypes import ITEMSIZE, SAFETENSORS_CODES
+from mergehub import dtypes
 
 #: safetensors' own limit on the JSON header (100 MB).
 MAX_HEADER = 100_000_000
@@ -81,9 +81,9 @@ def _entry_problem(name: str, entry: Any) -> str | None:
     start, end = offsets
     if not 0 <= start <= end:
         return f"tensor {name}: its data_offsets [{start}, {end}] do not form a byte range"
-    if dtype not in SAFETENSORS_CODES:
+    if dtype not in dtypes.SAFETENSORS_CODES:
         return None  # a dtype mergehub does not know: safetensors' own message stands
-    needed = math.prod(shape) * ITEMSIZE[SAFETENSORS_CODES[dtype]]
+    needed = math.prod(shape) * dtypes.ITEMSIZE[dtypes.SAFETENSORS_CODES[dtype]]
     if end - start != needed:
         return (f"tensor {name}: its data_offsets [{start}, {end}] span {end - start} bytes, but {dtype} "
                 f"of shape {shape} needs {needed}")

@@ -12,7 +12,7 @@ sensitive to precision.
 
 :class:`FusionBlocks` merges a tensor given whole or in row blocks: one pass computes each
 row's KL (kept, one value per row) and collects the sampled importances
-(:class:`mergehub.quantiles.BlockQuantiles`); the merge pass reuses the stored KL. A 1-D
+(:class:`mergehub.maths.BlockQuantiles`); the merge pass reuses the stored KL. A 1-D
 tensor is a single row, so its blocks are gathered and it is treated whole (it is small).
 """
 
@@ -21,13 +21,14 @@ from __future__ import annotations
 import math
 
 import torch
-
 from mergehub import MergeInputs
-from mergehub.quantiles import BlockQuantiles
-from mergehub.blocks import merge_whole
-from mergehub.taskarith import split_base
-from mergehub.tensormath import softmax_kl
-from mergehub.topk import as_factor
+from mergehub.maths import (
+    BlockQuantiles,
+    as_factor,
+    merge_whole,
+    softmax_kl,
+    split_base,
+)
 
 QUANTILE_SAMPLE_SIZE = 1_000_000
 

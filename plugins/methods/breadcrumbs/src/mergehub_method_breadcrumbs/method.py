@@ -1,17 +1,15 @@
 """Model Breadcrumbs: drop the ``gamma`` largest and the smallest entries of each task vector,
 keeping ``density`` of them, and add the weighted sum to the base.
 
-The maths is :class:`mergehub.outliers.OutlierBlocks` without consensus; the same object merges
+The maths is :class:`mergehub.maths.OutlierBlocks` without consensus; the same object merges
 a tensor given whole or, when it is larger than ``--max-memory``, in row blocks.
 """
 
 from __future__ import annotations
 
 import torch
-
 from mergehub import MergeInputs
-from mergehub.outliers import breadcrumbs_blocks
-from mergehub.blocks import merge_whole
+from mergehub.maths import breadcrumbs_blocks, merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

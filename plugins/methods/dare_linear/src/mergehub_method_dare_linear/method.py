@@ -1,18 +1,16 @@
 """DARE, linear: keep each task-vector entry with probability ``density``, rescale to the original
 L1 norm, add the weighted sum to the base.
 
-The maths is :class:`mergehub.dropout.DareBlocks` without consensus; the same object merges a tensor
+The maths is :class:`mergehub.maths.DareBlocks` without consensus; the same object merges a tensor
 given whole or, in row blocks, one larger than ``--max-memory`` (the masks depend on the element,
-not on the blocks; see :mod:`mergehub.randstream`).
+not on the blocks; see :mod:`mergehub.maths.randstream`).
 """
 
 from __future__ import annotations
 
 import torch
-
 from mergehub import MergeInputs
-from mergehub.dropout import dare_linear_blocks
-from mergehub.blocks import merge_whole
+from mergehub.maths import dare_linear_blocks, merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

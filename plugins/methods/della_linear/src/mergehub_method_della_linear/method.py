@@ -1,16 +1,14 @@
 """DELLA without sign consensus: magnitude-ranked random dropping, rescale, weighted sum.
 
-The maths is :class:`mergehub.dropout.DellaBlocks` without consensus; the same object merges a
+The maths is :class:`mergehub.maths.DellaBlocks` without consensus; the same object merges a
 tensor given whole or in blocks of whole rows (the masks depend on the element, not on the blocks).
 """
 
 from __future__ import annotations
 
 import torch
-
 from mergehub import MergeInputs
-from mergehub.dropout import della_linear_blocks
-from mergehub.blocks import merge_whole
+from mergehub.maths import della_linear_blocks, merge_whole
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

@@ -7,9 +7,8 @@ as mergekit does, so the same recipe gives the same bytes.
 from __future__ import annotations
 
 import torch
-
 from mergehub import MergeInputs
-from mergehub.tensormath import weighted_sum, working_dtype
+from mergehub.maths import weighted_sum, working_dtype
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

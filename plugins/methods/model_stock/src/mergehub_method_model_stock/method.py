@@ -11,11 +11,8 @@ then the output is formed block by block with the reference's elementwise operat
 from __future__ import annotations
 
 import torch
-
 from mergehub import MergeInputs
-from mergehub.blocks import merge_whole
-from mergehub.gram import ExactBlocks, Select, Term, rounded
-from mergehub.spherical import non_base
+from mergehub.maths import ExactBlocks, Select, Term, merge_whole, non_base, rounded
 
 
 class ModelStockBlocks(ExactBlocks):

@@ -1,6 +1,6 @@
 """Weighted spherical (barycentric) interpolation of the models, of their task vectors with a base.
 
-Computed in the inputs' dtype as the reference does (:class:`mergehub.spherical.MultislerpBlocks`):
+Computed in the inputs' dtype as the reference does (:class:`mergehub.maths.MultislerpBlocks`):
 the chain of statistics is predicted from the Gram matrix and confirmed by an exact pass.
 """
 
@@ -9,10 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from mergehub import MergeInputs
-from mergehub.blocks import merge_whole
-from mergehub.spherical import multislerp_blocks
+from mergehub.maths import merge_whole, multislerp_blocks
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

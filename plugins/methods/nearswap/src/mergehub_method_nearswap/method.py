@@ -10,9 +10,8 @@ t = 0 give 0·∞ = NaN there, so t = 0 returns the base directly.
 from __future__ import annotations
 
 import torch
-
 from mergehub import MergeInputs
-from mergehub.taskarith import split_base
+from mergehub.maths import split_base
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

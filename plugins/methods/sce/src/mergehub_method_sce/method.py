@@ -9,7 +9,7 @@ its task vector's energy, erase the entries whose sign disagrees, and average th
 
 Computed in the inputs' dtype, as mergekit does. :class:`SceBlocks` merges a tensor given whole
 or in row blocks: the variance's top-k is found exactly over the whole tensor from bit-pattern
-histograms (:class:`mergehub.topk.TopK`: one pass for 16-bit floats, two for 32-bit), then one
+histograms (:class:`mergehub.maths.TopK`: one pass for 16-bit floats, two for 32-bit), then one
 pass sums each model's Tᵢ² per row in float64, then the blocks are merged. ``int8_mask`` only
 chose mergekit's mask dtype; no mask is held here, and the result is the same.
 """
@@ -19,12 +19,17 @@ from __future__ import annotations
 import math
 
 import torch
-
 from mergehub import MergeInputs
-from mergehub.rowsums import RowSums
-from mergehub.blocks import merge_whole
-from mergehub.taskarith import elect, split_base, stacked_sum
-from mergehub.topk import SHORT, TopK, as_factor
+from mergehub.maths import (
+    SHORT,
+    RowSums,
+    TopK,
+    as_factor,
+    elect,
+    merge_whole,
+    split_base,
+    stacked_sum,
+)
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""The hooks a mergehub plugin may implement.
+
+A plugin is a module (named by an entry point of group ``mergehub``) with functions
+decorated by :data:`hookimpl`. Every hook returns a list of frozen spec objects; the
+core validates them when it builds the :class:`~mergehub.plugin.registry.Registry`, so a
+plugin with a bad schema is reported and skipped while the others keep working.
+
+Hooks are only ever added to: new information arrives as new optional arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+from mergehub.plugin.specs import ArchitectureSpec, IOBackendSpec, MethodSpec
+
+PROJECT = "mergehub"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Decorate plugin functions with this.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def mergehub_register_methods() -> list[MethodSpec]:
+    """Return the merge methods this plugin provides.
+
+    Called once when the registry is built. Each :class:`MethodSpec` names the method
+    (as written in ``merge_method:``), carries its parameter JSON Schema and the dotted
+    path of the function that merges one tensor. The function is imported only when a
+    recipe uses the method.
+    """
+
+
+@hookspec
+def mergehub_register_architectures() -> list[ArchitectureSpec]:
+    """Return the architecture definitions this plugin provides.
+
+    Called once when the registry is built. A definition lists a model family's tensor
+    names before, inside and after the repeated layers, the ``config.json`` key that
+    holds the layer count, and which tensors are vocabulary-indexed or tied. It is
+    matched against a model's ``config.json`` ``architectures`` entry.
+    """
+
+
+@hookspec(firstresult=True)
+def mergehub_derive_architecture(config: dict[str, Any], tensor_names: list[str],
+                                 trust_remote_code: bool) -> ArchitectureSpec | None:
+    """Derive a definition for a model no registered definition serves, or return None.
+
+    Called while planning, once per input model whose ``config.json`` ``architectures`` entry
+    no plugin's definition names. ``config`` is that ``config.json``, ``tensor_names`` the
+    names in its weight files (headers only: no tensor is read), ``trust_remote_code`` the
+    user's ``--trust-remote-code``. Return an :class:`ArchitectureSpec` whose definition
+    follows the core's architecture schema (it is validated like a registered one), typically
+    with ``layer_values`` for the per-layer config keys the file leaves out. The first plugin
+    that returns one wins; when none does, the core infers a layout from tensor names.
+    """
+
+
+@hookspec
+def mergehub_register_io_backends() -> list[IOBackendSpec]:
+    """Return the weight-file readers/writers this plugin provides.
+
+    Called once when the registry is built. The implementation class must offer
+    ``detect(directory) -> int | None`` (a priority, or None when it cannot read the
+    directory) and ``open(directory)`` returning a reader with ``tensor_names()``,
+    ``header(name)``, ``read(name)``, ``read_rows(name, start, stop)`` and ``close()``. A backend
+    that writes also offers ``writer(path, entries, metadata, done=0)``: a context manager with
+    ``write(name, tensor_or_row_block)`` (tensors in ``entries`` order) and ``flush()`` (hand what
+    was written to the kernel); ``done > 0`` reopens an interrupted shard and keeps its first
+    ``done`` tensors, for ``--resume``.
+    """

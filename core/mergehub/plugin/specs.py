@@ -1,0 +1,191 @@
+"""The frozen objects plugins hand to the core through the registration hooks.
+
+Specs reference their implementation by dotted path so that listing plugins or
+validating a recipe never imports torch-heavy code; the implementation is imported
+only when a merge actually uses it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.resources
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+BasePolicy = Literal["required", "optional", "ignored"]
+Scope = Literal["shared", "input", "non_base"]
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """What an IO backend knows of one stored tensor without reading it."""
+
+
+    dtype: str  # torch dtype name, e.g. "bfloat16"
+    shape: tuple[int, ...]
+
+
+class TensorReader(Protocol):
+    """What an IO backend's reader offers."""
+
+    def tensor_names(self) -> list[str]: ...
+    def header(self, name: str) -> TensorHeader: ...
+    def read(self, name: str) -> Any: ...
+    def read_rows(self, name: str, start: int, stop: int) -> Any: ...
+    def close(self) -> None: ...
+
+
+def import_object(path: str) -> Any:
+    """Import ``package.module:attribute``."""
+    module_name, _, attribute = path.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A merge method: its name, its parameter schema and where its maths lives.
+
+    ``parameters`` is a JSON Schema (draft 2020-12) object schema. Each property carries
+    ``x-scope``: ``shared`` (one value per output tensor), ``input`` (one per model,
+    base included) or ``non_base`` (one per model except the base). The top-level
+    ``x-mergehub`` block states the input contract: ``base`` policy and the allowed
+    number of inputs.
+    """
+
+    name: str
+    summary: str
+    parameters: dict[str, Any]
+    implementation: str  # "package.module:function", called with a MergeInputs
+    base: BasePolicy = "ignored"
+    min_inputs: int = 1
+    max_inputs: int | None = None
+    min_non_base: int = 0
+    max_non_base: int | None = None
+    paper: str | None = None
+    randomized: bool = False
+    check: str | None = None  # "package.module:function": (params, shared) -> problem text or None
+    #: How a tensor too large for --max-memory can be merged in row blocks: "elementwise" (the merge
+    #: function works on any block of rows, or of elements for 1-D tensors), "rows" (on blocks of whole
+    #: rows), "package.module:factory" (a multi-pass BlockMerge, see mergehub.maths.blocks), or "none".
+    blocks: str = "none"
+
+    @classmethod
+    def from_schema_file(cls, path: str | Path, implementation: str) -> MethodSpec:
+        """Build a spec from a plugin's ``parameters.schema.json``.
+
+        The method's name is ``x-mergehub.name``, the one place it is declared (the core schema
+        requires it). A JSON Schema ``title`` is not read: schemas that still carry one from before
+        keep working, and one that disagrees with the name changes nothing.
+        """
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+        contract = schema.get("x-mergehub", {})
+        return cls(
+            name=contract.get("name", ""),
+            summary=schema.get("description", ""),
+            parameters=schema,
+            implementation=implementation,
+            base=contract.get("base", "ignored"),
+            min_inputs=contract.get("min_inputs", 1),
+            max_inputs=contract.get("max_inputs"),
+            min_non_base=contract.get("min_non_base", 0),
+            max_non_base=contract.get("max_non_base"),
+            paper=contract.get("paper"),
+            randomized=contract.get("randomized", False),
+            check=contract.get("check"),
+            blocks=contract.get("blocks", "none"),
+        )
+
+    @classmethod
+    def from_package(cls, package: str) -> MethodSpec:
+        """The usual plugin shape: ``<package>/parameters.schema.json`` and ``<package>.method:merge``."""
+        schema = importlib.resources.files(package).joinpath("parameters.schema.json")
+        return cls.from_schema_file(str(schema), f"{package}.method:merge")
+
+    def param_scope(self, name: str) -> Scope:
+        return self.parameters.get("properties", {}).get(name, {}).get("x-scope", "shared")
+
+    def param_names(self) -> list[str]:
+        return list(self.parameters.get("properties", {}))
+
+    def required_params(self) -> list[str]:
+        return list(self.parameters.get("required", []))
+
+    def defaults(self) -> dict[str, Any]:
+        props = self.parameters.get("properties", {})
+        return {name: prop["default"] for name, prop in props.items() if "default" in prop}
+
+    def ignored_params(self) -> dict[str, str]:
+        """Parameters accepted for compatibility but without effect, with the reason (``x-ignored``)."""
+        props = self.parameters.get("properties", {})
+        return {name: prop["x-ignored"] for name, prop in props.items() if "x-ignored" in prop}
+
+    def load(self) -> Callable[[MergeInputs], torch.Tensor]:
+        return import_object(self.implementation)
+
+    def load_check(self) -> Callable[[list[dict[str, Any]], dict[str, Any]], str | None] | None:
+        return import_object(self.check) if self.check else None
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """An architecture definition (validated against ``architecture.schema.json``)."""
+
+    name: str
+    definition: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ArchitectureSpec:
+        definition = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(name=definition.get("name", ""), definition=definition)
+
+    @classmethod
+    def from_package(cls, package: str, file: str) -> ArchitectureSpec:
+        """A definition shipped as a JSON file inside the plugin's package."""
+        return cls.from_json(str(importlib.resources.files(package).joinpath(file)))
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(self.definition.get("architectures", []))
+
+
+@dataclass(frozen=True)
+class IOBackendSpec:
+    """A reader/writer of weight files; ``implementation`` names a class to instantiate."""
+
+    name: str
+    summary: str
+    implementation: str
+    can_write: bool = False
+
+    def load(self) -> Any:
+        return import_object(self.implementation)()
+
+
+@dataclass
+class MergeInputs:
+    """Everything a method needs to compute one output tensor.
+
+    ``tensors`` are in recipe order, already cast to the working dtype and on the
+    compute device; ``base`` is the index of the base model's tensor (or None);
+    ``params[i]`` holds the resolved per-model parameters of ``tensors[i]``;
+    ``shared`` holds the resolved shared parameters; ``generator`` is seeded from
+    (``--seed``, output name) so random methods give the same bytes in any order.
+    """
+
+    name: str
+    tensors: list[torch.Tensor]
+    base: int | None
+    params: list[dict[str, Any]]
+    shared: dict[str, Any]
+    models: list[str] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    #: For a block of a larger tensor: the index (along dim 0) of its first row, and the whole shape.
+    offset: int = 0
+    full_shape: tuple[int, ...] | None = None
