@@ -164,13 +164,13 @@ TARGETS: dict[str, tuple[str, float, int | None]] = {
 DEFAULT_TARGET = ("mergekit", 2, None)
 
 
-# Runs mergehub's CLI in-process with Executor.compute wrapped to log when each output tensor starts
+# Runs mergehub's CLI in-process with TensorComputer.compute wrapped to log when each output tensor starts
 # and ends, so that the memory samples can be attributed to tensors (only with --attribute).
 TRACE_WRAPPER = """\
 import json, os, sys, time
-from mergehub.run import local as executor
+from mergehub.run import compute as executor
 log = open(os.environ["MERGEHUB_BENCH_TRACE"], "w", buffering=1)
-original = executor.Executor.compute
+original = executor.TensorComputer.compute
 def record(spec, start, busy):
     log.write(json.dumps([spec.name, start, time.monotonic(), spec.nbytes, busy]) + "\\n")
 def compute(self, spec):
@@ -192,7 +192,7 @@ def compute(self, spec):
         busy += time.monotonic() - t
         record(spec, start, busy)
     return blocks()
-executor.Executor.compute = compute
+executor.TensorComputer.compute = compute
 from mergehub.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -397,7 +397,7 @@ def attribute(sampler: Sampler, trace: Path, top: int = 3) -> list[str]:
     lines = [f"{name}: {kb / 1024:.0f} MB" for name, kb in seen.items()]
     end = sampler.samples[-1][0] if sampler.samples else rows[-1][2]
     lines.append(f"phases: start-up and planning {rows[0][1] - sampler.started:.1f} s; {len(rows)} tensors "
-                 f"{rows[-1][2] - rows[0][1]:.1f} s, of which inside Executor.compute {sum(r[4] for r in rows):.1f} s "
+                 f"{rows[-1][2] - rows[0][1]:.1f} s, of which inside TensorComputer.compute {sum(r[4] for r in rows):.1f} s "
                  f"(the rest is mostly writing); after the last compute {end - rows[-1][2]:.1f} s (last write, fsync, "
                  "config, card, rename, exit)")
     lines.append("slowest tensors (compute): " + ", ".join(f"{r[0]} {r[4]:.2f} s" for r in slowest))

@@ -49,12 +49,12 @@ def linear_plan(tiny_models):
 
 
 def test_the_embedding_is_split_into_blocks_within_the_budget(tiny_models):
-    from mergehub.run.local import Executor
+    from mergehub.run.compute import TensorComputer
 
     plan, a, b = linear_plan(tiny_models)
     embed = next(t for t in plan.tensors if t.name == "model.embed_tokens.weight")
     budget = peak_bytes(embed) // 5
-    executor = Executor(plan, max_memory=budget)
+    executor = TensorComputer(plan, max_memory=budget)
     ranges = executor.ranges(embed)
     assert ranges is not None and len(ranges) >= 5
     per_row = peak_bytes(embed) / embed.shape[0]

@@ -8,12 +8,17 @@ walk-through allows; the real CLI must give it exactly what its schema promised,
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from mergehub.testing import flat_output, load_state, run_cli
+from mergehub.testing import (
+    env_with_site,
+    flat_output,
+    install_distribution,
+    load_state,
+    run_cli,
+)
 
 SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -58,22 +63,13 @@ def merge(inputs):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The plugin, "installed": its package and a dist-info with the entry point, on a directory for PYTHONPATH."""
-    root = tmp_path_factory.mktemp("site")
-    package = root / "mergehub_repeat_sum"
-    package.mkdir()
-    (package / "__init__.py").write_text(HOOK)
-    (package / "method.py").write_text(METHOD)
-    (package / "parameters.schema.json").write_text(json.dumps(SCHEMA))
-    info = root / "mergehub_repeat_sum-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mergehub-repeat-sum\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("[mergehub]\nmergehub-repeat-sum = mergehub_repeat_sum\n")
-    return root
+    files = {"mergehub_repeat_sum/__init__.py": HOOK, "mergehub_repeat_sum/method.py": METHOD,
+             "mergehub_repeat_sum/parameters.schema.json": json.dumps(SCHEMA)}
+    return install_distribution(tmp_path_factory.mktemp("site"), "mergehub-repeat-sum", files)
 
 
 def cli(site: Path, *args: str | Path):
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    return run_cli(*args, env={"PYTHONPATH": path})
+    return run_cli(*args, env=env_with_site(site))
 
 
 def recipe(tmp_path: Path, a: Path, b: Path, weights: str, top: str) -> Path:

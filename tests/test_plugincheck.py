@@ -8,7 +8,6 @@ distribution. Only the maths, the schema or the README differ between them.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from mergehub.plugin.specs import MethodSpec
 from mergehub.testing import (
     check_architecture_distribution,
     check_method_distribution,
+    install_distribution,
     run_cli,
 )
 from mergehub.testkit.contract import (
@@ -63,14 +63,7 @@ def mergehub_register_methods():
 def write_distribution(site: Path, dist: str, files: dict[str, str], readme: str) -> None:
     """A distribution as pip installs it: its package files and a dist-info with METADATA and entry points."""
     package = dist.replace("-", "_")
-    for path, text in files.items():
-        (site / package / path).parent.mkdir(parents=True, exist_ok=True)
-        (site / package / path).write_text(textwrap.dedent(text))
-    info = site / f"{package}-0.1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n"
-                                   f"Description-Content-Type: text/markdown\n\n{readme}")
-    (info / "entry_points.txt").write_text(f"[mergehub]\n{dist} = {package}\n")
+    install_distribution(site, dist, {f"{package}/{path}": text for path, text in files.items()}, readme=readme)
 
 
 @pytest.fixture

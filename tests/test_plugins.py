@@ -8,9 +8,7 @@ on PYTHONPATH for a real ``mergehub`` subprocess: importlib.metadata finds it ex
 from __future__ import annotations
 
 import json
-import os
 import re
-import textwrap
 import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,29 +20,21 @@ from mergehub import MethodSpec, hookimpl
 from mergehub.common.errors import PluginError
 from mergehub.plugin.discovery import PluginManager, make_plugin_manager
 from mergehub.plugin.registry import build_registry
-from mergehub.testing import CliResult, load_state, run_cli
+from mergehub.testing import (
+    CliResult,
+    env_with_site,
+    install_distribution,
+    load_state,
+    run_cli,
+)
 
 
 # -- building fake installed distributions ---------------------------------------------------------------------------
 def install(site: Path, dist: str, version: str, entry_points: dict[str, str], files: dict[str, str]) -> Path:
-    """Write a distribution's dist-info and its files under ``site`` (a directory later put on PYTHONPATH)."""
-    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    lines = ["[mergehub]"] + [f"{name} = {target}" for name, target in entry_points.items()]
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
-    for relative, text in files.items():
-        path = site / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return site
+    return install_distribution(site, dist, files, version=version, entry_points=entry_points)
 
 
-def env_with(site: Path | None = None, **variables: str) -> dict[str, str]:
-    env = dict(variables)
-    if site is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return env
+env_with = env_with_site
 
 
 def method_schema(name: str, properties: dict, required: list[str] | None = None) -> str:
@@ -269,16 +259,16 @@ def test_load_plugins_restricts_to_a_subset(tmp_path):
         nothing = pool.submit(plugins_json, env_with(MERGEHUB_LOAD_PLUGINS=""))
     rows = subset.result()
     ok = {(r["kind"], r["name"]) for r in rows if r["status"] == "ok"}
-    assert ok == {("method", "negate_mean"), ("architecture", "llama")}
+    assert ok == {("method", "negate_mean"), ("architecture", "llama"), ("executor", "local")}  # local: the core's own
     others = ("mergehub-method-linear", "mergehub-method-passthrough",
               "mergehub-arch-mistral", "mergehub-io-safetensors")
     for other in others:
         assert status_of(rows, other) == "disabled"
     rows = builtin.result()
-    assert {(r["kind"], r["name"]) for r in rows if r["status"] == "ok"} == {("method", "passthrough")}
+    assert {(r["kind"], r["name"]) for r in rows if r["status"] == "ok"} == {("method", "passthrough"), ("executor", "local")}
     assert status_of(rows, "mergehub-method-linear") == "disabled"
     rows = nothing.result()
-    assert rows and all(r["status"] == "disabled" for r in rows)
+    assert rows and all(r["status"] == "disabled" for r in rows if r["kind"] != "executor")
 
 
 def test_plugin_with_unknown_hook_fails_alone(tmp_path):

@@ -375,7 +375,7 @@ def test_builtin_chat_template_generates(tmp_path, models):
     cfg = union_recipe(tmp_path, models, "tokenizer_source: union\nchat_template: chatml\n", names=("a", "b"),
                        weights=(1, 1))
     merge_ok(cfg, tmp_path / "out")
-    template = (Path(__import__("mergehub").__file__).parent / "templates" / "chatml.jinja").read_text()
+    template = (Path(__import__("mergehub.recipe").recipe.__file__).parent / "chat_templates" / "chatml.jinja").read_text()
     assert (tmp_path / "out/chat_template.jinja").read_text() == template
     assert "chat_template" not in json.loads((tmp_path / "out/tokenizer_config.json").read_text())
     text = generate_with_template(tmp_path / "out")

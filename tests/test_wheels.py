@@ -165,6 +165,9 @@ def test_built_wheels_install_and_merge_every_example(tmp_path):
     lap("install standard")
     listing = json.loads(run(cli, "plugins", "--json", env=env, cwd=tmp_path).stdout)
     repo = {dist_name(d) for d in PLUGINS + EXAMPLES}
+    assert {(r["kind"], r["name"], r["distribution"]) for r in listing if r["distribution"] == "mergehub"} == {
+        ("executor", "local", "mergehub")}, listing  # the core's built-in executor
+    listing = [r for r in listing if r["distribution"] != "mergehub"]
     assert {r["distribution"] for r in listing} == repo, listing
     assert all(r["status"] == "ok" for r in listing), listing
     versions = {r["distribution"]: r["version"] for r in listing}

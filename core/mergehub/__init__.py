@@ -13,13 +13,13 @@ with :mod:`~mergehub.plugin`, :mod:`~mergehub.maths` and :mod:`~mergehub.common`
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from mergehub.common import dtypes
 from mergehub.common.errors import MergehubError, Problem, RecipeError
+from mergehub.common.version import __version__
 from mergehub.plugin.hookspecs import hookimpl
 from mergehub.plugin.specs import (
     ArchitectureSpec,
+    ExecutorSpec,
     IOBackendSpec,
     MergeInputs,
     MethodSpec,
@@ -27,13 +27,9 @@ from mergehub.plugin.specs import (
     TensorReader,
 )
 
-try:  # the one version, written in the repository's VERSION file, as the installed distribution states it
-    __version__ = version("mergehub")
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
-
 __all__ = [
     "ArchitectureSpec",
+    "ExecutorSpec",
     "IOBackendSpec",
     "MergeInputs",
     "MergehubError",

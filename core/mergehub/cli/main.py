@@ -8,10 +8,10 @@ import signal
 import sys
 from types import ModuleType
 
-from mergehub import __version__
 from mergehub.cli import inspect, mega, merge, new, plan, plugins, schema, validate
 from mergehub.cli.render import error_panel
 from mergehub.common.errors import MergehubError
+from mergehub.common.version import __version__
 
 VERBS: dict[str, ModuleType] = {
     "merge": merge, "mega": mega, "plan": plan, "validate": validate, "schema": schema, "plugins": plugins,

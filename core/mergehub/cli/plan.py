@@ -8,8 +8,12 @@ from pathlib import Path
 
 from rich.table import Table
 
-from mergehub.cli.common import add_config_argument, add_model_options, registry
-from mergehub.cli.merge import parse_size
+from mergehub.cli.common import (
+    add_config_argument,
+    add_model_options,
+    parse_size,
+    registry,
+)
 from mergehub.cli.render import out
 from mergehub.maths.blocks import DEFAULT_MAX_MEMORY
 from mergehub.recipe.yamlsource import read_recipe_file
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from mergehub.plan.estimate import estimate
     from mergehub.plan.fingerprint import stored_fingerprint
     from mergehub.plan.stages import plan_stages, split_stages
-    from mergehub.run.runner import default_intermediate, fingerprints
+    from mergehub.run.options import default_intermediate
+    from mergehub.run.runner import fingerprints
 
     reg = registry()
     target: Path = args.out or Path("merged") / args.config.stem

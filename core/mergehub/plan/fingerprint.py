@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from mergehub import __version__
+from mergehub.common.version import __version__
 from mergehub.models.loader import ModelInfo
 from mergehub.plan.planner import Plan
 from mergehub.plugin.registry import Registry

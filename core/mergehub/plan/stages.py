@@ -69,7 +69,12 @@ def _stage_problem(document: Document, path: PathKey, message: str, hint: str | 
 
 
 def split_stages(documents: list[Document], out: Path, intermediate: Path) -> list[Stage]:
-    """Name the stages, rewrite references to them, and order them by dependency."""
+    """Name the stages, rewrite references to them, and order them by dependency.
+
+    A single document is one stage written to ``out``, whatever its ``name``.
+    """
+    if len(documents) == 1:
+        return [Stage(None, documents[0], out)]
     problems: list[Problem] = []
     stages: list[Stage] = []
     for doc in documents:
@@ -180,7 +185,15 @@ def _order(stages: list[Stage]) -> list[Stage]:
 
 def plan_stages(stages: list[Stage], registry: Registry, allow_crimes: bool = False,
                 trust_remote_code: bool = False) -> None:
-    """Validate and plan every stage before any runs; all problems of all stages in one error."""
+    """Validate and plan every stage before any runs; all problems of all stages in one error.
+
+    A recipe of one stage is planned as such: its problems are not labelled with a stage, and its
+    plan stays open for the run.
+    """
+    if len(stages) == 1:
+        stages[0].recipe = checked_recipe(stages[0].document, registry)
+        stages[0].plan = make_plan(stages[0].recipe, registry, allow_crimes, trust_remote_code=trust_remote_code)
+        return
     problems: list[Problem] = []
     planned: dict[str, ModelInfo] = {}
     failed: set[str] = set()

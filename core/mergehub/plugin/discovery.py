@@ -19,7 +19,7 @@ from types import ModuleType
 
 import pluggy
 
-from mergehub.plugin import hookspecs
+from mergehub.plugin import builtin, hookspecs
 
 GROUP = "mergehub"
 
@@ -100,6 +100,12 @@ def load_entrypoints(pm: PluginManager) -> None:
     pm.check_pending()
 
 
+def _core_version() -> str:
+    from mergehub.common.version import __version__
+
+    return __version__
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -112,6 +118,7 @@ def make_plugin_manager(
     ``plugins`` are ``(module_or_object, name)`` pairs, handy in tests.
     """
     pm = PluginManager()
+    pm.register_record(builtin, PluginRecord(builtin.NAME, "mergehub", _core_version()))
     if entrypoints:
         load_entrypoints(pm)
     for plugin, name in plugins:

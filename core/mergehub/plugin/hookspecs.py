@@ -14,7 +14,12 @@ from typing import Any
 
 import pluggy
 
-from mergehub.plugin.specs import ArchitectureSpec, IOBackendSpec, MethodSpec
+from mergehub.plugin.specs import (
+    ArchitectureSpec,
+    ExecutorSpec,
+    IOBackendSpec,
+    MethodSpec,
+)
 
 PROJECT = "mergehub"
 
@@ -73,3 +78,21 @@ def mergehub_register_io_backends() -> list[IOBackendSpec]:
     was written to the kernel); ``done > 0`` reopens an interrupted shard and keeps its first
     ``done`` tensors, for ``--resume``.
     """
+
+
+@hookspec
+def mergehub_register_executors() -> list[ExecutorSpec]:
+    """Return the executors this plugin provides (``mergehub merge --executor NAME``).
+
+    Called once when the registry is built. The core's own ``local`` executor (stream tensor by
+    tensor on this machine) is registered through this hook too, as a built-in plugin. The class
+    that :attr:`ExecutorSpec.implementation` names is built as ``Class(options)`` with the run's
+    :class:`~mergehub.run.options.RunOptions` (``options.executor_options`` holds the validated
+    ``--executor-option`` values) and offers ``run(job) -> None``: compute every tensor of
+    ``job.plan`` and write ``job.shards`` (the layout is fixed by the core) into ``job.directory``
+    with ``job.backend``'s writer, skipping the ``job.journal.done`` tensors already written,
+    recording each finished tensor with ``job.journal`` and reporting it to ``job.progress``. The
+    core does everything else: the lock, the journal file, config, tokenizer, card and index, and
+    the atomic rename into place. The same seed must give the same bytes as the local executor.
+    """
+

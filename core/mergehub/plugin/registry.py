@@ -20,7 +20,12 @@ import jsonschema
 from mergehub.common.errors import MergehubError, PluginError, unknown_name
 from mergehub.plugin import catalog
 from mergehub.plugin.discovery import PluginManager, PluginRecord, make_plugin_manager
-from mergehub.plugin.specs import ArchitectureSpec, IOBackendSpec, MethodSpec
+from mergehub.plugin.specs import (
+    ArchitectureSpec,
+    ExecutorSpec,
+    IOBackendSpec,
+    MethodSpec,
+)
 
 S = TypeVar("S")
 
@@ -28,6 +33,7 @@ KINDS = {
     "method": "mergehub_register_methods",
     "architecture": "mergehub_register_architectures",
     "io": "mergehub_register_io_backends",
+    "executor": "mergehub_register_executors",
 }
 
 
@@ -51,6 +57,7 @@ class Registry:
     methods: dict[str, Registered[MethodSpec]] = field(default_factory=dict)
     architectures: dict[str, Registered[ArchitectureSpec]] = field(default_factory=dict)
     io_backends: dict[str, Registered[IOBackendSpec]] = field(default_factory=dict)
+    executors: dict[str, Registered[ExecutorSpec]] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
     plugins: dict[str, PluginRecord] = field(default_factory=dict)
     derivers: list[tuple[Callable[..., Any], PluginRecord]] = field(default_factory=list)
@@ -77,6 +84,12 @@ class Registry:
             raise MergehubError(message, hint=f"installed IO backends: {_listing(self.io_backends)}. {found}"
                                 if found else hint)
         return self.io_backends[name].spec
+
+    def executor(self, name: str) -> ExecutorSpec:
+        if name not in self.executors:
+            message, hint = unknown_name("executor", name, self.executors)
+            raise MergehubError(message, hint=f"installed executors: {_listing(self.executors)}")
+        return self.executors[name].spec
 
     def unknown_method(self, name: str) -> tuple[str, str]:
         """Message and hint for a merge method no installed plugin provides: the installed ones, and
@@ -141,9 +154,18 @@ def _validate_spec(kind: str, spec: Any) -> str | None:
         if not isinstance(spec, ArchitectureSpec):
             return f"mergehub_register_architectures returned {type(spec).__name__}, not ArchitectureSpec"
         return _schema_problem(core_schema("architecture"), spec.definition, f"architecture '{spec.name}'")
+    if kind == "executor":
+        if not isinstance(spec, ExecutorSpec):
+            return f"mergehub_register_executors returned {type(spec).__name__}, not ExecutorSpec"
+        return _schema_problem(OPTIONS_METASCHEMA, spec.options, f"executor '{spec.name}' options")
     if not isinstance(spec, IOBackendSpec):
         return f"mergehub_register_io_backends returned {type(spec).__name__}, not IOBackendSpec"
     return None
+
+
+#: An executor's options schema: an object of named settings (values come from the command line as text).
+OPTIONS_METASCHEMA = {"type": "object", "required": ["type"], "properties": {
+    "type": {"const": "object"}, "properties": {"type": "object"}}}
 
 
 def _schema_problem(schema: dict, instance: Any, what: str) -> str | None:
@@ -174,7 +196,8 @@ def build_registry(pm: PluginManager | None = None) -> Registry:
     pm = pm or make_plugin_manager()
     registry = Registry(plugins=dict(pm.records))
     owners: dict[tuple[str, str], PluginRecord] = {}
-    tables = {"method": registry.methods, "architecture": registry.architectures, "io": registry.io_backends}
+    tables = {"method": registry.methods, "architecture": registry.architectures, "io": registry.io_backends,
+              "executor": registry.executors}
     for kind, hook_name in KINDS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             record = registry.plugins.get(impl.plugin_name) or PluginRecord(impl.plugin_name, impl.plugin_name, "?")

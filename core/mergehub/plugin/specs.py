@@ -168,6 +168,25 @@ class IOBackendSpec:
         return import_object(self.implementation)()
 
 
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """A way to run a plan: computes its tensors and writes the shards of one stage.
+
+    ``implementation`` names a class (``package.module:Class``) built with the run's
+    :class:`~mergehub.run.options.RunOptions` and called with one
+    :class:`~mergehub.run.job.ExecutorJob` per stage (see :func:`~mergehub.plugin.hookspecs.mergehub_register_executors`).
+    ``options`` is the JSON Schema of the ``--executor-option KEY=VALUE`` settings it takes.
+    """
+
+    name: str
+    summary: str
+    implementation: str
+    options: dict[str, Any] = field(default_factory=lambda: {"type": "object", "additionalProperties": False})
+
+    def load(self) -> Any:
+        return import_object(self.implementation)
+
+
 @dataclass
 class MergeInputs:
     """Everything a method needs to compute one output tensor.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mergehub import __version__
+from mergehub.common.version import __version__
 from mergehub.plan.planner import Plan
 from mergehub.recipe.config import ModelRef
 

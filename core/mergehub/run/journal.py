@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergehub import __version__
+from mergehub.common.version import __version__
 from mergehub.plan.fingerprint import model_fingerprint
 from mergehub.plan.planner import Plan
 from mergehub.plugin.registry import Registry

@@ -16,14 +16,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mergehub import __version__
 from mergehub.common.errors import MergehubError, RecipeError
-from mergehub.maths.blocks import DEFAULT_MAX_MEMORY
+from mergehub.common.version import __version__
 from mergehub.plan.planner import Plan
 from mergehub.run.card import write_card
+from mergehub.run.job import ExecutorJob, Progress, layout_shards, weight_map
 from mergehub.run.journal import Journal, MergeInterrupted, differences
-from mergehub.run.local import Executor, Progress, weight_map
 from mergehub.run.lock import OWNER, DirectoryLock
+from mergehub.run.options import RunOptions
 
 TOKENIZER_FILES = [
     "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "added_tokens.json",
@@ -52,27 +52,27 @@ def partial_directory(out: Path) -> Path:
     return out.parent / f".{out.name}.mergehub-partial"
 
 
-def write_model(plan: Plan, out: Path, backend: object, *, force: bool, shard_size: int, seed: int | None,
-                device: str, progress: Progress | None = None, extra_files: dict[str, str] | None = None,
-                max_memory: int = DEFAULT_MAX_MEMORY, identity: dict[str, Any] | None = None, resume: bool = False,
-                restart: bool | None = None, allow_nonfinite: bool = False) -> None:
-    """Merge into the partial directory, then rename it to ``out`` once everything is written.
+def write_model(plan: Plan, out: Path, options: RunOptions, executor: Any, backend: Any, *, replace: bool,
+                identity: dict[str, Any], progress: Progress | None = None,
+                extra_files: dict[str, str] | None = None) -> None:
+    """Have ``executor`` merge into the partial directory, then rename it to ``out`` once everything is written.
 
-    ``identity`` (see :func:`mergehub.run.journal.run_identity`) lets an interrupted run be resumed:
-    with ``resume`` the tensors already written are kept; ``restart`` (default: ``force``) discards
-    an interrupted run's work instead of refusing to. On failure or interrupt the partial
-    directory is kept when it holds finished tensors, and removed when it holds none.
+    ``replace`` allows an existing ``out`` to be replaced. ``identity`` (see
+    :func:`mergehub.run.journal.run_identity`) lets an interrupted run be resumed: with
+    ``options.resume`` the tensors already written are kept; ``options.force`` discards an
+    interrupted run's work instead of refusing to. On failure or interrupt the partial directory
+    is kept when it holds finished tensors, and removed when it holds none.
     """
-    check_output(out, force)
+    check_output(out, replace)
     check_supported(plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_directory(out)
     tmp.mkdir(exist_ok=True)
     with DirectoryLock(tmp, out):
-        journal = _journal(tmp, out, identity or {}, resume, force if restart is None else restart)
+        journal = _journal(tmp, out, identity, options.resume, options.force)
         try:
-            executor = Executor(plan, device=device, seed=seed, max_memory=max_memory, allow_nonfinite=allow_nonfinite)
-            shards = executor.write(tmp, backend, shard_size, progress, journal)
+            shards = layout_shards(plan.tensors, options.shard_size)
+            executor.run(ExecutorJob(plan, tmp, shards, backend, journal, progress))
             _finish_directory(plan, tmp, out, shards, extra_files or {})
             journal.discard()
             (tmp / OWNER).unlink(missing_ok=True)

@@ -1,4 +1,9 @@
-"""Run a multi-stage recipe: reuse what is unchanged, merge the rest in dependency order."""
+"""Run a recipe: one document or several (a multi-stage recipe), through one path.
+
+A single recipe is a multi-stage recipe of one stage, written to ``--out``. Every stage is
+validated and planned before the first one runs; stages whose recipe and inputs are unchanged
+are reused, the rest are merged in dependency order by the chosen executor.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import jsonschema
 
 from mergehub.common.errors import MergehubError
-from mergehub.maths.blocks import DEFAULT_MAX_MEMORY
 from mergehub.plan.fingerprint import (
     STAMP,
     stage_fingerprint,
@@ -18,26 +25,112 @@ from mergehub.plan.fingerprint import (
     stored_stamp,
 )
 from mergehub.plan.planner import Plan, make_plan
-from mergehub.plan.stages import Stage
+from mergehub.plan.stages import Stage, plan_stages, split_stages
 from mergehub.plugin.registry import Registry
+from mergehub.recipe.yamlsource import Document
 from mergehub.run.journal import run_identity
-from mergehub.run.output import check_supported, write_model
+from mergehub.run.options import RunOptions
+from mergehub.run.output import check_output, check_supported, write_model
 
-Report = Callable[[Stage, str], None]
+
+@dataclass
+class Reporter:
+    """How the runner speaks: ``say(lead, text)`` for results (the lead is highlighted), ``warn`` for
+    warnings, ``progress`` for a stage's progress bar."""
+
+    say: Callable[[str, str], None]
+    warn: Callable[[str], None]
+    progress: Callable[[Plan], AbstractContextManager] | None = None
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    force: bool = False
-    reuse: bool = True
-    shard_size: int = 5 * 1000**3
-    seed: int | None = None
-    device: str = "cpu"
-    allow_crimes: bool = False
-    trust_remote_code: bool = False
-    max_memory: int = DEFAULT_MAX_MEMORY
-    resume: bool = False
-    allow_nonfinite: bool = False
+def run_recipe(documents: list[Document], registry: Registry, options: RunOptions, reporter: Reporter) -> list[Stage]:
+    """Plan every stage, then merge those that need it; returns the stages (with their plans)."""
+    started = time.perf_counter()
+    stages = split_stages(documents, options.out, options.stages_dir)
+    single = len(stages) == 1
+    if single:
+        check_output(options.out, options.force)  # before any planning: an existing output is refused at once
+    check_device(options.device)
+    executor = make_executor(registry, options)
+    plan_stages(stages, registry, options.allow_crimes, options.trust_remote_code)
+    _warn(stages, reporter, single)
+    backend = registry.io_backend("safetensors").load()
+    if not single:
+        reporter.say("", f"{len(stages)} stages: " + " → ".join(s.label for s in stages))
+    run_stages(stages, registry, options, executor, backend, reporter, started if single else None)
+    return stages
+
+
+def run_stages(stages: list[Stage], registry: Registry, options: RunOptions, executor: Any, backend: Any,
+               reporter: Reporter, started: float | None = None) -> None:
+    """Merge the stages that need it, in order; ``started`` is when the run began (for a one-stage recipe's timing)."""
+    single = len(stages) == 1
+    prints = fingerprints(stages, registry, options.seed)
+    to_run = stages if single else decide(stages, prints, options)
+    for stage in stages:
+        if stage not in to_run:
+            reporter.say(f"stage {stage.label}:", f"reused {stage.output} (recipe and inputs unchanged)")
+            continue
+        began = started if started is not None else time.perf_counter()
+        plan = _final_plan(stage, registry, options)
+        check_supported(plan)
+        extra = {} if single else {STAMP: stamp(prints[str(stage.output)], stage.name, recipe_id(stage))}
+        try:
+            with reporter.progress(plan) if reporter.progress else nullcontext(None) as advance:
+                identity = run_identity(plan, registry, seed=options.seed, shard_size=options.shard_size,
+                                        device=options.device, inputs=prints)
+                write_model(plan, stage.output, options, executor, backend, replace=options.force or not single,
+                            identity=identity, progress=advance, extra_files=extra)
+        finally:
+            plan.close()
+        reporter.say(*_merged(plan, stage, single, time.perf_counter() - began))
+
+
+def _final_plan(stage: Stage, registry: Registry, options: RunOptions) -> Plan:
+    """The stage's plan against real files: the one already made, unless it read an earlier stage's planned output."""
+    assert stage.recipe is not None and stage.plan is not None
+    if not stage.deps:
+        return stage.plan
+    return make_plan(stage.recipe, registry, options.allow_crimes, trust_remote_code=options.trust_remote_code)
+
+
+def _merged(plan: Plan, stage: Stage, single: bool, seconds: float) -> tuple[str, str]:
+    if single:
+        total = plan.bytes_to_write()
+        return "merged", (f"{len(plan.tensors)} tensors ({total / 1e6:.1f} MB, {plan.num_layers} layers) "
+                          f"with {plan.recipe.method.name} into {stage.output} in {seconds:.1f} s")
+    return f"stage {stage.label}:", (f"merged {len(plan.tensors)} tensors with {plan.recipe.method.name} "
+                                     f"into {stage.output} in {seconds:.1f} s")
+
+
+def _warn(stages: list[Stage], reporter: Reporter, single: bool) -> None:
+    for stage in stages:
+        prefix = "" if single else f"stage {stage.label}: "
+        for problem in stage.recipe.warnings if stage.recipe else []:
+            reporter.warn(f"{prefix}{problem.where(stage.document.file)}: {problem.message}")
+        for message in stage.plan.warnings if stage.plan else []:
+            reporter.warn(f"{prefix}{message}")
+
+
+def make_executor(registry: Registry, options: RunOptions) -> Any:
+    """The executor ``options.executor`` names, built with the options (its own settings validated first)."""
+    spec = registry.executor(options.executor)
+    errors = sorted(jsonschema.Draft202012Validator(spec.options).iter_errors(dict(options.executor_options)),
+                    key=lambda e: list(e.path))
+    if errors:
+        raise MergehubError(f"executor '{spec.name}': invalid --executor-option: {errors[0].message}",
+                            hint=f"options it takes: {', '.join(spec.options.get('properties', {})) or 'none'}")
+    return spec.load()(options)
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError, AssertionError) as exc:  # a CPU-only torch asserts for cuda
+        raise MergehubError(f"cannot use device '{device}': {exc}",
+                            hint="use --device cpu, or a device this machine has") from exc
 
 
 def fingerprints(stages: list[Stage], registry: Registry, seed: int | None) -> dict[str, str]:
@@ -66,38 +159,6 @@ def decide(stages: list[Stage], prints: dict[str, str], options: RunOptions) -> 
     return to_run
 
 
-def run_stages(stages: list[Stage], registry: Registry, backend: object, options: RunOptions, report: Report,
-               progress_for: Callable[[Plan], AbstractContextManager] | None = None) -> None:
-    prints = fingerprints(stages, registry, options.seed)
-    to_run = decide(stages, prints, options)
-    for stage in stages:
-        if stage not in to_run:
-            report(stage, f"reused {stage.output} (recipe and inputs unchanged)")
-            continue
-        started = time.perf_counter()
-        assert stage.recipe is not None
-        plan = make_plan(stage.recipe, registry, options.allow_crimes,
-                         trust_remote_code=options.trust_remote_code)  # now with the real input files
-        check_supported(plan)
-        try:
-            with progress_for(plan) if progress_for else nullcontext(None) as advance:
-                identity = run_identity(plan, registry, seed=options.seed, shard_size=options.shard_size,
-                                        device=options.device, inputs=prints)
-                write_model(plan, stage.output, backend, force=True, shard_size=options.shard_size, seed=options.seed,
-                            device=options.device, progress=advance, max_memory=options.max_memory,
-                            extra_files={STAMP: stamp(prints[str(stage.output)], stage.name, recipe_id(stage))},
-                            identity=identity, resume=options.resume, restart=options.force,
-                            allow_nonfinite=options.allow_nonfinite)
-        finally:
-            plan.close()
-        report(stage, f"merged {len(plan.tensors)} tensors with {plan.recipe.method.name} into {stage.output} "
-                      f"in {time.perf_counter() - started:.1f} s")
-
-
 def recipe_id(stage: Stage) -> str | None:
     file = stage.document.file
     return str(Path(file).resolve()) if file else None
-
-
-def default_intermediate(out: Path) -> Path:
-    return out.parent / f"{out.name}.stages"

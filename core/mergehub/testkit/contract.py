@@ -281,7 +281,7 @@ def merge_blocks(spec: MethodSpec, inputs: MergeInputs, cuts: list[int]) -> torc
     """
     import torch
 
-    from mergehub.testing import merge_in_blocks
+    from mergehub.testkit.tensors import merge_in_blocks
 
     if ":" in spec.blocks:
         return merge_in_blocks(import_object(spec.blocks), inputs, cuts, seed=SEED if spec.randomized else None)
@@ -308,7 +308,7 @@ def blocks_problems(spec: MethodSpec) -> list[str]:
     """
     import torch
 
-    from mergehub.testing import related_tensors
+    from mergehub.testkit.tensors import related_tensors
 
     if spec.blocks == "none":
         return []

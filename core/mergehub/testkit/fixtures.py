@@ -30,6 +30,7 @@ from mergehub.testkit.contract import (  # noqa: F401  (the plugin test kit, re-
     parameter_table,
     plugin_distributions,
 )
+from mergehub.testkit.tensors import merge_in_blocks, related_tensors  # noqa: F401  (re-exported)
 from mergehub.testkit.tinymodels import FAMILIES, build_tiny, tiny_config  # noqa: F401  (re-exported for plugin tests)
 
 
@@ -100,50 +101,6 @@ class CliResult:
 def flat_output(text: str) -> str:
     """Rich's panel borders removed and every run of whitespace collapsed to one space."""
     return re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯]|─{2,}", " ", text)).strip()
-
-
-def related_tensors(shape: tuple[int, ...], dtype: Any, n: int = 4, seed: int = 0) -> list[Any]:
-    """A random base tensor and ``n - 1`` variants of it (noise of std 0.1), like fine-tunes of one model."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(shape, generator=g)
-    return [base.to(dtype)] + [(base + 0.1 * torch.randn(shape, generator=g)).to(dtype) for _ in range(n - 1)]
-
-
-def merge_in_blocks(factory: Callable[[Any], Any], inputs: Any, cuts: list[int], seed: int | None = None) -> Any:
-    """What the executor does with a multi-pass block merger (``x-mergehub.blocks``), for tests.
-
-    ``inputs`` is a :class:`~mergehub.plugin.specs.MergeInputs` holding whole tensors; the merger is built
-    from their empty metadata and sees rows ``cuts[i]:cuts[i + 1]`` as blocks: every block through
-    ``collect`` in each pass, then through ``merge``. Returns the merged blocks concatenated. With
-    ``seed`` (random methods), the metadata and every block get a fresh generator seeded with it, as
-    the executor's MergeInputs do; without it they share ``inputs.generator``.
-    """
-    import dataclasses
-    import itertools
-
-    import torch
-
-    from mergehub.maths.blocks import pass_indices
-
-    shape = tuple(inputs.full_shape or inputs.tensors[0].shape)
-    empty = [torch.empty(0, dtype=x.dtype, device=x.device) for x in inputs.tensors]
-
-    def generator() -> Any:
-        return inputs.generator if seed is None else torch.Generator().manual_seed(seed)
-
-    merger = factory(dataclasses.replace(inputs, tensors=empty, offset=0, full_shape=shape, generator=generator()))
-    ranges = list(itertools.pairwise(cuts))
-
-    def block(start: int, stop: int) -> Any:
-        return dataclasses.replace(inputs, tensors=[x[start:stop] for x in inputs.tensors], offset=start,
-                                   full_shape=shape, generator=generator())
-
-    for pass_index in pass_indices(merger):
-        for rows in ranges:
-            merger.collect(pass_index, block(*rows))
-    return torch.cat([merger.merge(block(*rows)) for rows in ranges])
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
@@ -367,4 +324,37 @@ def plan_problems(text: str) -> list[str]:
     except RecipeError as exc:
         return [problem.message for problem in exc.problems]
     return []
+
+
+def install_distribution(site: Path, dist: str, files: dict[str, str], *, version: str = "0.1.0",
+                         entry_points: dict[str, str] | None = None, readme: str = "") -> Path:
+    """Install a distribution by hand under ``site`` (a directory for PYTHONPATH or ``sys.path``), as pip would.
+
+    ``files`` maps paths relative to ``site`` to their text (dedented). The ``NAME-VERSION.dist-info`` holds
+    METADATA (``readme`` as its long description) and ``mergehub`` entry points (default: the distribution's
+    name pointing at its package, ``dist`` with ``_`` for ``-``), so discovery finds it as an installed plugin.
+    """
+    import textwrap
+
+    package = dist.replace("-", "_")
+    for relative, text in files.items():
+        (site / relative).parent.mkdir(parents=True, exist_ok=True)
+        (site / relative).write_text(textwrap.dedent(text).lstrip("\n"))
+    info = site / f"{package}-{version}.dist-info"
+    info.mkdir(parents=True)
+    metadata = f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
+    if readme:
+        metadata += f"Description-Content-Type: text/markdown\n\n{readme}"
+    (info / "METADATA").write_text(metadata)
+    points = entry_points if entry_points is not None else {dist: package}
+    (info / "entry_points.txt").write_text("\n".join(["[mergehub]", *(f"{k} = {v}" for k, v in points.items())]) + "\n")
+    return site
+
+
+def env_with_site(site: Path | None = None, **variables: str) -> dict[str, str]:
+    """Environment variables for :func:`run_cli`: ``variables``, with ``site`` first on PYTHONPATH."""
+    env = dict(variables)
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
 

@@ -12,11 +12,9 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 import torch
+from mergehub import MergehubError, TensorHeader, dtypes
 from safetensors import SafetensorError, safe_open
 
-from mergehub import dtypes
-from mergehub import MergehubError
-from mergehub import TensorHeader
 from mergehub_io_safetensors.damage import header_problem
 
 INDEX = "model.safetensors.index.json"
