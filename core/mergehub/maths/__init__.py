@@ -12,7 +12,9 @@ package does not import torch until a kernel is needed.
 - Outliers (breadcrumbs): :func:`breadcrumbs_blocks`, :func:`breadcrumbs_ties_blocks`.
 - Spherical: :func:`slerp_blocks`, :func:`nuslerp_blocks`, :func:`multislerp_blocks`, :func:`karcher_blocks`,
   :func:`non_base`.
-- Exact sums and Gram matrices: :class:`ExactBlocks`, :class:`Select`, :class:`Term`, :func:`rounded`.
+- Linear combinations from Gram matrices: :class:`GramBlocks` (Y = [B +] Σ cₖ·vₖ, c from a solver),
+  :func:`norms`, :func:`length`, :class:`Select`; the solvers :func:`slerp_solve`, :func:`nuslerp_solve`,
+  :func:`multislerp_solve`.
 - Statistics: :class:`TopK`, :func:`as_factor`, :data:`SHORT`, :class:`RowSums`, :class:`BlockQuantiles`,
   :func:`index_quantiles`, :func:`softmax_kl`, :func:`weighted_sum`, :func:`working_dtype`,
   :data:`SMALL_TENSOR`.
@@ -33,9 +35,9 @@ _HOMES = {
     "DellaBlocks": "dropout", "check_della_params": "sparsify",
     "breadcrumbs_blocks": "outliers", "breadcrumbs_ties_blocks": "outliers", "OutlierBlocks": "outliers",
     "slerp_blocks": "spherical", "nuslerp_blocks": "spherical", "multislerp_blocks": "spherical",
-    "karcher_blocks": "spherical", "non_base": "spherical", "MultislerpBlocks": "spherical",
-    "NuslerpBlocks": "spherical",
-    "ExactBlocks": "gram", "Select": "gram", "Term": "gram", "rounded": "gram",
+    "karcher_blocks": "spherical", "non_base": "spherical", "nuslerp_solve": "spherical",
+    "multislerp_solve": "spherical", "slerp_solve": "spherical",
+    "GramBlocks": "gram", "Select": "gram", "norms": "gram", "length": "gram",
     "TopK": "topk", "as_factor": "topk", "SHORT": "topk", "RowSums": "rowsums",
     "BlockQuantiles": "quantiles", "index_quantiles": "tensormath", "softmax_kl": "tensormath",
     "weighted_sum": "tensormath", "working_dtype": "tensormath", "SMALL_TENSOR": "randstream",

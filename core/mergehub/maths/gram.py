@@ -14,9 +14,10 @@ float64 strictly in row order (a cumulative sum, never a tree whose shape follow
 Per-column sums fold the float64 products row after row the same way. Work happens in chunks
 of :data:`CHUNK_ELEMENTS`, in float32 (float64 for float64 inputs), in reused buffers.
 
-Methods the reference computes in the inputs' dtype (nuslerp, multislerp, model_stock) use
-:class:`ExactBlocks` instead, which sums the reference's rounded elementwise terms and replays its
-elementwise operations (see below).
+The reference computes nuslerp, multislerp and model_stock in the inputs' dtype, rounding every
+statistic and elementwise step to 16 bits for bf16/fp16 models. mergehub computes them like the
+others, in float32 from float64 statistics: within one unit in the last place of the formula in
+float64, and never further from it than the reference's own result.
 """
 
 from __future__ import annotations
@@ -133,8 +134,12 @@ class GramBlocks:
     than two dims is one vector in every mode.
     """
 
-    def __init__(self, meta: MergeInputs, vectors: list[int], base: int | None, mode: Mode, solve: Solve):
+    def __init__(self, meta: MergeInputs, vectors: list[int], base: int | None, mode: Mode, solve: Solve,
+                 refine: bool = False):
         shape = meta.full_shape if meta.full_shape is not None else tuple(meta.tensors[0].shape)
+        #: with 16-bit inputs, redo in float64 the elements where float32 cancellation could cost the last bit
+        self.refine = refine and meta.tensors[0].dtype in (torch.bfloat16, torch.float16)
+        self.exact: list | None = None
         self.mode: Mode = mode if len(shape) >= 2 else "flat"
         self.passes = 0 if self.mode == "rows" else 1
         self.vectors, self.base, self.solve = vectors, base, solve
@@ -157,7 +162,7 @@ class GramBlocks:
     def collect(self, pass_index: int, block: MergeInputs) -> None:
         if self.mode == "flat":
             for _, stacked, _ in self.chunks(block):
-                self.fold.add(row_gram(stacked))
+                self.fold.add(row_gram(stacked.to(torch.float64) if self.refine else stacked))
             return
         k = len(self.vectors)  # columns: every element's products, folded down the rows in float64
         for _, stacked, _ in self.chunks(block, CHUNK_ELEMENTS // (4 * k * k)):
@@ -181,14 +186,60 @@ class GramBlocks:
             solved = self.solve(self.gram())
             # flat: plain numbers; columns: one coefficient per column, broadcast down the rows
             self.terms = solved[0].tolist() if self.mode == "flat" else list(solved.to(self.stack.work).unbind(1))
+            self.exact = solved[0].tolist() if self.mode == "flat" else list(solved.unbind(1))
         out_rows = matrix_view(out, self.mode)
+        mats = [matrix_view(t, self.mode) for t in block.tensors]
         for span, stacked, base_work in self.chunks(block):
-            terms = self.terms
+            terms, exact = self.terms, self.exact
             if self.mode == "rows":
-                solved = self.solve(symmetric(row_gram(stacked).to(torch.float64))).to(stacked.dtype)
-                terms = list(solved.unsqueeze(-1).unbind(1))  # (rows, 1) each
+                wide = stacked.to(torch.float64) if self.refine else stacked  # refined results need exact coefficients
+                solved = self.solve(symmetric(row_gram(wide).to(torch.float64)))
+                terms = list(solved.to(stacked.dtype).unsqueeze(-1).unbind(1))  # (rows, 1) each
+                exact = list(solved.unsqueeze(-1).unbind(1))
+            bound = self.magnitude(stacked, terms, base_work) if self.refine else 0.0  # type: ignore[arg-type]
             combine(stacked, terms, base_work, out_rows[span])  # type: ignore[arg-type]
+            if self.refine:
+                self.redo_cancelled(stacked[:, 0], bound, [m[span] for m in mats], exact, out_rows[span])  # type: ignore[arg-type]
         return out
+
+    def magnitude(self, stacked: torch.Tensor, terms: list, base: torch.Tensor | None) -> float:
+        """A bound on the size of every value :func:`combine` adds up in this chunk (before any cancels)."""
+        largest = stacked.abs().amax(dim=(0, 2)).tolist() if stacked.numel() else [0.0] * stacked.shape[1]
+        factors = [float(torch.as_tensor(t).abs().max()) for t in terms]
+        total = factors[0] * sum(largest) if len(factors) == 1 else sum(f * v for f, v in zip(factors, largest))
+        return total + (float(base.abs().max()) if base is not None and base.numel() else 0.0)
+
+    def redo_cancelled(self, acc: torch.Tensor, bound: float, chunks: list[torch.Tensor], exact: list,
+                       out: torch.Tensor) -> None:
+        """Recompute in float64 the elements whose float32 sum may be off by half a unit of the output dtype.
+
+        float32's rounding errors add up to at most (k + 2)·2⁻²⁴·``bound``; where terms cancel, that can
+        reach the output's last bit (a result near zero, or a float16 subnormal). Those few elements,
+        found from the float32 result, are formed again from the inputs in float64 and rounded once.
+        """
+        info = torch.finfo(out.dtype)
+        error = (len(self.vectors) + 2) * 2.0**-24 * bound
+        spacing = info.eps * torch.maximum(acc.abs() / 2, torch.tensor(info.tiny, dtype=acc.dtype))
+        rows, cols = (spacing < 4 * error).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return
+        base = chunks[self.base][rows, cols].double() if self.base is not None else None
+        vectors = [chunks[i][rows, cols].double() for i in self.vectors]
+        if base is not None:
+            vectors = [v - base for v in vectors]
+        coefficient = [_at(c, rows, cols) for c in exact]
+        if len(coefficient) == 1:
+            value = coefficient[0] * sum(vectors)
+        else:
+            value = sum(c * v for c, v in zip(coefficient, vectors))
+        out[rows, cols] = (value + base if base is not None else value).to(out.dtype)
+
+
+def _at(coefficient: float | torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> float | torch.Tensor:
+    """A coefficient at some elements: a number, a per-row (rows, 1) or a per-column (cols,) tensor."""
+    if not isinstance(coefficient, torch.Tensor):
+        return coefficient
+    return coefficient[rows, 0] if coefficient.dim() == 2 else coefficient[cols]
 
 
 class Select:
@@ -216,152 +267,7 @@ def length(gram: torch.Tensor, c: torch.Tensor) -> float:
     return math.sqrt(max(float(c @ gram @ c), 0.0))
 
 
-# --- Reference-precision mergers ------------------------------------------------------------
-#
-# nuslerp, multislerp and model_stock compute in the inputs' dtype in the reference: each
-# statistic (a norm, a dot product of rounded products, a cosine) is a float32-accumulated sum
-# rounded to that dtype, and every elementwise step rounds too. The mergers below replay that
-# arithmetic on row chunks: a pass sums the elementwise terms the reference sums (computed in the
-# inputs' dtype, exactly as it computes them), the scalar chain then runs on small tensors of the
-# inputs' dtype with the reference's operations, and the output is formed with its elementwise
-# operations. The sums are float32 over fixed 4096-element segments and float64 over segments
-# and rows, so they round to the reference's values unless they sit on a rounding boundary.
-
-#: Row sums add float32 partial sums of segments of this many elements (fewer than torch's
-#: parallel grain, so a segment is always summed by one thread in one order).
-SEGMENT = 4096
-
-
-#: A term a statistic sums along each vector: (values, squared), Σ values² when squared (a norm).
-Term = tuple[torch.Tensor, bool]
-
-
-def row_sums(terms: list[Term], acc: torch.dtype) -> torch.Tensor:
-    """(rows, cols) terms -> (rows, m) float64: each term's Σ along its rows, the same for a row wherever its block starts.
-
-    Segments of :data:`SEGMENT` elements are summed in ``acc`` (the reference's accumulator;
-    a squared term as a norm, read once), the segments' sums then in float64 in order: a row's
-    value never depends on the other rows or on the thread count.
-    """
-    columns = []
-    for values, squared in terms:
-        rows, cols = values.shape
-        full = cols // SEGMENT * SEGMENT
-        pieces = [values[:, :full].reshape(rows, -1, SEGMENT)] if full else []
-        if full < cols:
-            pieces.append(values[:, full:].unsqueeze(1))
-        if squared:
-            parts = [torch.linalg.vector_norm(x, dim=-1, dtype=acc).to(torch.float64).square() for x in pieces]
-        else:
-            parts = [x.sum(-1, dtype=acc).to(torch.float64) for x in pieces]
-        segments = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
-        columns.append(segments.cumsum(-1)[:, -1] if segments.shape[-1] > 1 else segments[:, 0])
-    return torch.stack(columns, 1)
-
-
 def rounded(sums: torch.Tensor, dtype: torch.dtype, sqrt: bool = False) -> torch.Tensor:
-    """A float64 sum as the reference has it: its float32 accumulator (optionally its square root) in ``dtype``."""
+    """A float64 sum as a float32 accumulator has it (optionally its square root), in ``dtype``."""
     value = sums.to(torch.float64 if dtype == torch.float64 else torch.float32)
     return (value.sqrt() if sqrt else value).to(dtype)
-
-
-class ExactBlocks:
-    """A :class:`~mergehub.maths.blocks.BlockMerge` that replays a whole-tensor computation in the inputs' dtype.
-
-    Subclasses give, per pass, the elementwise ``terms`` whose sums the reference takes over each
-    vector (m :data:`Term` chunks, computed from ``vectors``, the inputs' chunks in the inputs'
-    dtype), ``finish`` turns the m sums per vector into the statistics the next pass needs, and
-    ``output`` forms a chunk of the result. ``mode`` is as for :class:`GramBlocks`; ``rows``
-    needs no pass: each chunk's rows are finished before its output is formed. ``stat`` reshapes
-    a per-vector statistic so that it broadcasts against a (rows, cols) chunk.
-    """
-
-    stages = 1
-
-    def __init__(self, meta: MergeInputs, mode: Mode):
-        shape = meta.full_shape if meta.full_shape is not None else tuple(meta.tensors[0].shape)
-        self.mode: Mode = mode if len(shape) >= 2 else "flat"
-        self.dtype = meta.tensors[0].dtype
-        self.acc = torch.float64 if self.dtype == torch.float64 else torch.float32  # the reference's accumulator
-        self.started = 0  # passes collect() has begun
-        self.done = 0  # passes whose statistics are finished
-        self.passes = 0 if self.mode == "rows" else self.stages
-        self.folds = [Fold() for _ in range(self.stages)]
-
-    @property
-    def passes(self) -> int:
-        """Passes still wanted; asking finishes every pass begun so far (the executor asks between passes)."""
-        self.settle(self.started)
-        return self._passes
-
-    @passes.setter
-    def passes(self, value: int) -> None:
-        self._passes = value
-
-    def terms(self, pass_index: int, vectors: list[torch.Tensor]) -> list[Term] | None:
-        raise NotImplementedError
-
-    def finish(self, pass_index: int, sums: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def output(self, vectors: list[torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def stat(self, values: torch.Tensor) -> torch.Tensor:
-        """(R,) per-vector values -> broadcastable against a (rows, cols) chunk."""
-        return values.view(1, -1) if self.mode == "columns" else values.view(-1, 1)
-
-    def chunks(self, block: MergeInputs) -> Iterator[tuple[slice, list[torch.Tensor]]]:
-        mats = [matrix_view(t, self.mode) for t in block.tensors]
-        rows, cols = mats[0].shape
-        step = max(1, CHUNK_ELEMENTS // max(1, cols))
-        for start in range(0, rows, step):
-            span = slice(start, min(rows, start + step))
-            yield span, self.prepare([m[span] for m in mats])
-
-    def prepare(self, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The vectors a chunk's terms and output are formed from (once per chunk): the inputs by default."""
-        return chunks
-
-    def settle(self, upto: int) -> None:
-        """Finish the statistics of every pass before ``upto`` (a pass is complete once the next one starts)."""
-        while self.done < upto:
-            fold = self.folds[self.done]
-            total = fold.total
-            if total is not None:
-                self.finish(self.done, per_vector(total, self.mode))
-            self.done += 1
-
-    def collect(self, pass_index: int, block: MergeInputs) -> None:
-        self.settle(pass_index)
-        self.started = max(self.started, pass_index + 1)
-        for _, vectors in self.chunks(block):
-            terms = self.terms(pass_index, vectors)
-            if terms is None:  # nothing left to compute in this pass
-                return
-            if self.mode == "flat":
-                self.folds[pass_index].add(row_sums(terms, self.acc))
-            else:  # columns: every column's terms, folded down the rows in float64
-                self.folds[pass_index].add(torch.stack([x.to(torch.float64).square() if squared else x.to(torch.float64)
-                                                        for x, squared in terms], 1))
-
-    def merge(self, block: MergeInputs) -> torch.Tensor:
-        self.settle(self._passes)
-        first = block.tensors[0]
-        out = torch.empty(first.shape, dtype=self.dtype, device=first.device)
-        if out.numel() == 0:
-            return out
-        out_rows = matrix_view(out, self.mode)
-        for span, vectors in self.chunks(block):
-            if self.mode == "rows":
-                for pass_index in range(self.stages):
-                    terms = self.terms(pass_index, vectors)
-                    if terms is not None:
-                        self.finish(pass_index, row_sums(terms, self.acc))
-            out_rows[span] = self.output(vectors)
-        return out
-
-
-def per_vector(total: torch.Tensor, mode: Mode) -> torch.Tensor:
-    """A fold's total as (R, m): R = 1 for a flat sum, one row per column for per-column sums."""
-    return total.unsqueeze(0) if mode == "flat" else total.transpose(0, 1)

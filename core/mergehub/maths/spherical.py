@@ -3,14 +3,13 @@
 Each method's output is a linear combination of its input vectors (the inputs, or their
 task vectors when there is a base), and every quantity the reference computes on the way —
 norms, cosines, the weighted mean direction, multislerp's tangent, karcher's iterate and
-gradient — is a combination of them too. slerp and karcher are *solvers* here: they turn the float64 Gram matrix of the inputs (see
-:mod:`mergehub.maths.gram`) into the coefficients of the output, following the reference's formulas,
-thresholds and special cases (mergekit 0.1.5, reference §3.2–3.5), and
-:class:`mergehub.maths.gram.GramBlocks` applies them block by block (slerp's statistics are float32 in
-the reference, so this is exact up to rounding boundaries; karcher's rounded iterates are not
-replayed). nuslerp and multislerp compute in the inputs' dtype in the reference, and their
-statistics round elementwise terms first, so they are :class:`mergehub.maths.gram.ExactBlocks`: extra
-passes sum exactly the terms the reference sums and the output replays its elementwise steps.
+gradient — is a combination of them too. So every method here is a *solver*: it turns the
+float64 Gram matrix of the inputs (see :mod:`mergehub.maths.gram`) into the coefficients of the
+output, following the reference's formulas, thresholds and special cases (mergekit 0.1.5,
+reference §3.2–3.5), and :class:`mergehub.maths.gram.GramBlocks` applies them block by block in
+float32 (float64 for float64 inputs). Where the reference rounds its intermediate results to the
+inputs' 16-bit dtype (nuslerp, multislerp), mergehub does not: its result is within one unit in
+the last place of the formula computed in float64, and closer to it than the reference's own.
 """
 
 from __future__ import annotations
@@ -21,18 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from mergehub.common.errors import MergehubError
-from mergehub.maths.gram import (
-    ExactBlocks,
-    GramBlocks,
-    Mode,
-    Select,
-    Solve,
-    Term,
-    length,
-    norms,
-    rounded,
-    symmetric,
-)
+from mergehub.maths.gram import GramBlocks, Select, Solve, length, norms, rounded
 from mergehub.plugin.specs import MergeInputs
 
 
@@ -76,148 +64,49 @@ def nuslerp_t(w1: float, w2: float) -> float:
     return 0.5 if abs(total) < 1e-6 else w2 / total
 
 
-class NuslerpBlocks(ExactBlocks):
-    """nuslerp in the inputs' dtype: pass 0 the norms, pass 1 the dot product of the normalised
-    vectors (which rounds elementwise first, so it does not follow from the Gram matrix), then the arc."""
+def nuslerp_solve(t: float) -> Solve:
+    """nuslerp's coefficients of (v0, v1), one pair per Gram matrix: the arc between the vectors as they are
+    (sin((1−t)θ)/sin θ, sin(tθ)/sin θ), or (1−t, t) where they are parallel (1 − cos²θ ≤ 10⁻¹⁶).
 
-    stages = 2
-
-    def __init__(self, meta: MergeInputs, t: float, mode: Mode):
-        self.pair, self.base, self.t = non_base(meta), meta.base, t
-        super().__init__(meta, mode)
-
-    def prepare(self, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
-        v0, v1 = (chunks[i] for i in self.pair)
-        if self.base is None:
-            return [v0, v1]
-        base = chunks[self.base]
-        return [v0 - base, v1 - base, base]
-
-    def terms(self, pass_index: int, vectors: list[torch.Tensor]) -> list[Term]:
-        v0, v1 = vectors[0], vectors[1]
-        if pass_index == 0:
-            return [(v0, True), (v1, True)]
-        return [((v0 / self.norm0).mul_(v1 / self.norm1), False)]
-
-    def finish(self, pass_index: int, sums: torch.Tensor) -> None:
-        if pass_index == 0:
-            n = rounded(sums, self.dtype, sqrt=True).clamp(min=1e-7)
-            self.norm0, self.norm1 = self.stat(n[:, 0]), self.stat(n[:, 1])
-            return
-        cos = self.stat(rounded(sums[:, 0], self.dtype)).clamp(-1, 1)
-        self.colinear = (1 - cos.square()) <= 1e-8**2
-        theta = torch.acos(torch.where(self.colinear, 0, cos))  # θ = π/2 where lerped: nothing divides by zero
-        self.sin_theta = torch.sin(theta)
-        self.c0, self.c1 = torch.sin((1 - self.t) * theta), torch.sin(self.t * theta)
-
-    def output(self, vectors: list[torch.Tensor]) -> torch.Tensor:
-        v0, v1 = vectors[0], vectors[1]
-        t = self.t
-        if self.colinear.all():
-            result = (1 - t) * v0 + t * v1
-        else:
-            result = (self.c0 * v0 + self.c1 * v1) / self.sin_theta
-            if self.colinear.any():
-                result = torch.where(self.colinear, (1 - t) * v0 + t * v1, result)
-        return result if self.base is None else vectors[2] + result
-
-
-class MultislerpBlocks(ExactBlocks):
-    """multislerp in the inputs' dtype, whose statistics form a chain: the norms nᵢ, then ‖m‖ of
-    m = Σ wᵢuᵢ, then uᵢ·m̂, then ‖τ‖ of the tangent (each needs the previous one to round its terms).
-
-    Pass 0 sums the norms and the Gram matrix; the Gram matrix predicts the later statistics,
-    and pass 1 computes all three exactly from the predictions. A statistic is final once the
-    values its terms used are confirmed; a wrong prediction asks the executor for one more pass
-    (``passes`` grows, up to 4), which almost never happens.
+    θ is the angle of the normalised vectors, a norm below 10⁻⁷ counting as 10⁻⁷, as in the reference.
     """
+    def solve(gram: torch.Tensor) -> torch.Tensor:
+        n = norms(gram).clamp(min=1e-7)
+        cos = (gram[:, 0, 1] / (n[:, 0] * n[:, 1])).clamp(-1, 1)
+        return arc(t, cos, (1 - cos.square()) <= 1e-8**2)
+    return solve
 
-    stages = 4
 
-    def __init__(self, meta: MergeInputs, weights: Sequence[float], normalize_weights: bool, eps: float):
-        self.others, self.base, self.eps, self.name = non_base(meta), meta.base, eps, meta.name
-        super().__init__(meta, "flat")
-        self.passes = min(self.passes, 2)  # raised in finish() when a prediction was wrong
-        w = torch.tensor(list(weights), dtype=self.dtype)
-        self.w = w / w.sum() if normalize_weights else w
-        self.final = False
+def multislerp_solve(weights: Sequence[float], normalize_weights: bool, eps: float, name: str = "") -> Solve:
+    """multislerp's coefficients: the weighted mean direction m̂ of the unit vectors uᵢ = vᵢ/(‖vᵢ‖ + eps),
+    moved along the tangent τ = Σ wᵢ(uᵢ − (uᵢ·m̂)m̂) by ‖τ‖, then scaled by Σ wᵢ‖vᵢ‖ (reference §3.4).
 
-    def prepare(self, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
-        stacked = torch.stack([chunks[i] for i in self.others])
-        if self.base is None:
-            return [stacked]
-        base = chunks[self.base]
-        stacked -= base
-        return [stacked, base]
+    Every vector on the way is a combination of the vᵢ, so its coefficients and lengths follow from
+    the Gram matrix. Two inputs whose mean direction vanishes (antipodal, cancelling weights) give
+    their weighted sum; more are an error, as in the reference.
+    """
+    w = torch.tensor(list(weights), dtype=torch.float64)
+    w = w / w.sum() if normalize_weights else w
 
-    def chain(self, stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(u, m, m̂, τ) of a chunk, with the current ‖m‖ and uᵢ·m̂, in the reference's operations."""
-        k = stacked.shape[0]
-        w = self.w.view(k, 1, 1)
-        units = stacked / self.norms_eps.view(k, 1, 1)
-        mean = (units * w).sum(0)
-        unit_mean = mean / self.mean_norm
-        tangents = units - self.dots.view(k, 1, 1) * unit_mean
-        return units, mean, unit_mean, (tangents * w).sum(0)
-
-    def terms(self, pass_index: int, vectors: list[torch.Tensor]) -> list[Term] | None:
-        stacked = vectors[0]
-        k = stacked.shape[0]
-        if pass_index == 0:  # the norms, and the exact products for the predictions
-            x = stacked.to(self.acc)
-            return [(x[i], True) if i == j else (x[i] * x[j], False) for i in range(k) for j in range(i, k)]
-        if self.final:
-            return None
-        units, mean, unit_mean, tangent = self.chain(stacked)
-        return [(mean, True), *((u, False) for u in (units * unit_mean).unbind()), (tangent, True)]
-
-    def finish(self, pass_index: int, sums: torch.Tensor) -> None:
-        k = len(self.others)
-        if pass_index == 0:
-            self.predict(sums[0], k)
-            return
-        mean_norm = rounded(sums[0, 0], self.dtype, sqrt=True)
-        dots = rounded(sums[0, 1:k + 1], self.dtype)
-        tangent_norm = rounded(sums[0, k + 1], self.dtype, sqrt=True)
-        mean_ok = torch.equal(mean_norm, self.mean_norm)  # the dots were computed with the right ‖m‖
-        self.final = (mean_ok and torch.equal(dots, self.dots)) or bool(mean_norm < self.eps)
-        self.mean_norm, self.dots, self.tangent_norm = mean_norm, dots, tangent_norm
-        if not self.final and self._passes == pass_index + 1 < self.stages:
-            self._passes += 1  # the statistics used a wrong prediction: one more pass computes them again
-
-    def predict(self, products: torch.Tensor, k: int) -> None:
-        """The norms from pass 0, and predictions of ‖m‖, uᵢ·m̂ and ‖τ‖ from the Gram matrix."""
-        gram = torch.zeros(k, k, dtype=torch.float64)
-        rows, cols = torch.triu_indices(k, k)
-        gram[rows, cols] = products
-        gram = symmetric(gram)
-        self.norms = rounded(torch.diagonal(gram), self.dtype, sqrt=True).view(k, 1)
-        self.norms_eps = self.norms + self.eps
-        w = self.w.to(torch.float64)
-        c = w / self.norms_eps.view(-1).to(torch.float64)  # Σ wᵢuᵢ in terms of the vectors
-        self.mean_norm = rounded(torch.tensor(length(gram, c) ** 2), self.dtype, sqrt=True)
-        unit_mean = c / self.mean_norm.to(torch.float64)
-        dots = (gram @ unit_mean) / self.norms_eps.view(-1).to(torch.float64)
-        self.dots = rounded(dots, self.dtype)
-        tangent = c - float(w @ self.dots.to(torch.float64)) * unit_mean
-        self.tangent_norm = rounded(torch.tensor(length(gram, tangent) ** 2), self.dtype, sqrt=True)
-
-    def output(self, vectors: list[torch.Tensor]) -> torch.Tensor:
-        stacked = vectors[0]
-        w = self.w
-        if self.mean_norm < self.eps:
-            if stacked.shape[0] != 2:
+    def solve(gram: torch.Tensor) -> torch.Tensor:
+        g = gram[0]
+        n = norms(g)
+        scale = n + eps
+        mean = w / scale  # m = Σ wᵢuᵢ
+        mean_norm = length(g, mean)
+        if mean_norm < eps:
+            if len(w) != 2:
                 raise MergehubError(
-                    f"multislerp cannot merge {self.name or 'a tensor'}: the weighted mean of the input directions "
-                    "is zero", hint="this happens when opposite (antipodal) inputs have weights that cancel; "
+                    f"multislerp cannot merge {name or 'a tensor'}: the weighted mean of the input directions is "
+                    "zero", hint="this happens when opposite (antipodal) inputs have weights that cancel; "
                     "change the weights")
-            result = stacked[0] * w[0] + stacked[1] * w[1]  # antipodal pair: the weighted sum
-        else:
-            _, _, unit_mean, tangent = self.chain(stacked)
-            r = self.tangent_norm + self.eps
-            result = unit_mean * torch.cos(r) + tangent * (torch.sin(r) / r)
-            result = result * (self.norms.squeeze(-1) * w).sum()
-        return result if self.base is None else result + vectors[1]
+            return w.unsqueeze(0)
+        unit_mean = mean / mean_norm
+        dots = (g @ unit_mean) / scale  # uᵢ·m̂
+        tangent = mean - float(w @ dots) * unit_mean
+        r = length(g, tangent) + eps
+        return ((unit_mean * math.cos(r) + tangent * (math.sin(r) / r)) * float(w @ n)).unsqueeze(0)
+    return solve
 
 
 def karcher_solve(max_iter: int = 10, tol: float = 1e-5) -> Solve:
@@ -286,23 +175,25 @@ def slerp_blocks(meta: MergeInputs) -> GramBlocks | Select:
     return GramBlocks(meta, [base, 1 - base], None, "flat", slerp_solve(t))
 
 
-def nuslerp_blocks(meta: MergeInputs) -> NuslerpBlocks | Select:
+def nuslerp_blocks(meta: MergeInputs) -> GramBlocks | Select:
     """nuslerp's block merger: one vector per tensor, per row, or per column (``nuslerp_row_wise``)."""
     if len(meta.tensors) == 1:
         return Select(0)
     others = non_base(meta)
     t = nuslerp_t(meta.params[others[0]]["weight"], meta.params[others[1]]["weight"])
     flatten, row_wise = meta.shared["nuslerp_flatten"], meta.shared["nuslerp_row_wise"]
-    return NuslerpBlocks(meta, t, "flat" if flatten else ("columns" if row_wise else "rows"))
+    mode = "flat" if flatten else ("columns" if row_wise else "rows")
+    return GramBlocks(meta, others, meta.base, mode, nuslerp_solve(t), refine=True)
 
 
-def multislerp_blocks(meta: MergeInputs) -> MultislerpBlocks | Select:
+def multislerp_blocks(meta: MergeInputs) -> GramBlocks | Select:
     """multislerp's block merger; a single non-base input is returned unchanged."""
     others = non_base(meta)
     if len(others) == 1:
         return Select(others[0])
-    return MultislerpBlocks(meta, [meta.params[i]["weight"] for i in others], meta.shared["normalize_weights"],
-                            meta.shared["eps"])
+    solve = multislerp_solve([meta.params[i]["weight"] for i in others], meta.shared["normalize_weights"],
+                             meta.shared["eps"], meta.name)
+    return GramBlocks(meta, others, meta.base, "flat", solve, refine=True)
 
 
 def karcher_blocks(meta: MergeInputs) -> GramBlocks | Select:

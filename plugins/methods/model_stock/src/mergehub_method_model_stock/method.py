@@ -3,61 +3,45 @@
 cosθ is the mean cosine between every pair of task vectors Xᵢ − B, over the whole
 tensor or, with ``filter_wise``, per row. Where 1 + (N − 1)·cosθ is within 1e-6 of
 zero there is no finite ratio and the base is kept (t = 0), as mergekit 0.1.5 does.
-Computed in the inputs' dtype, like mergekit: one pass sums the norms and the dot products
-of the rounded elementwise products (none with ``filter_wise``: a row is its own vector),
-then the output is formed block by block with the reference's elementwise operations.
+
+Y = B + (t/N)·Σ(Xᵢ − B) is a combination of the task vectors whose coefficient follows from
+their Gram matrix, so one pass sums the Gram matrix in float64 (none with ``filter_wise``:
+a row is its own vector) and the output is formed block by block in float32. mergekit rounds
+every step to the inputs' dtype; this is within one unit in the last place of the float64 result.
 """
 
 from __future__ import annotations
 
 import torch
 from mergehub import MergeInputs
-from mergehub.maths import ExactBlocks, Select, Term, merge_whole, non_base, rounded
+from mergehub.maths import GramBlocks, Select, merge_whole, non_base, norms
 
 
-class ModelStockBlocks(ExactBlocks):
-    """Pass 0: ‖oᵢ‖² and Σ oᵢ⊙oⱼ (i < j) per vector; then t, and Y = t·(ΣXᵢ/N) + (1 − t)·B."""
+def stock_solve(n: int):
+    """(R, n, n) Gram matrices of the task vectors -> (R, 1): t/N, the one coefficient of their sum."""
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
 
-    def __init__(self, meta: MergeInputs):
-        self.others, self.base = non_base(meta), meta.base
-        super().__init__(meta, "rows" if meta.shared["filter_wise"] else "flat")
-        n = len(self.others)
-        self.pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-
-    def prepare(self, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
-        base = chunks[self.base]  # type: ignore[index]
-        return [chunks[i] for i in self.others] + [base]
-
-    def terms(self, pass_index: int, vectors: list[torch.Tensor]) -> list[Term]:
-        base = vectors[-1]
-        offsets = [x - base for x in vectors[:-1]]
-        return [(o, True) for o in offsets] + [(offsets[i] * offsets[j], False) for i, j in self.pairs]
-
-    def finish(self, pass_index: int, sums: torch.Tensor) -> None:
-        n = len(self.others)
-        norms = rounded(sums[:, :n], self.dtype, sqrt=True)
-        dots = rounded(sums[:, n:], self.dtype)
-        cosines = [(dots[:, p] / (norms[:, i] * norms[:, j]).clamp(min=1e-6)).clamp(-1, 1)
-                   for p, (i, j) in enumerate(self.pairs)]
-        cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    def solve(gram: torch.Tensor) -> torch.Tensor:
+        lengths = norms(gram)
+        cosines = [(gram[:, i, j] / (lengths[:, i] * lengths[:, j]).clamp(min=1e-6)).clamp(-1, 1) for i, j in pairs]
+        cos = torch.stack(cosines).mean(dim=0)
         denominator = 1 + (n - 1) * cos
         singular = denominator.abs() < 1e-6
-        safe = torch.where(singular, torch.ones_like(denominator), denominator)
-        self.t = torch.where(singular, torch.zeros_like(cos), (n * cos) / safe)
+        t = torch.where(singular, torch.zeros_like(cos), (n * cos) / torch.where(singular, 1, denominator))
+        return (t / n).unsqueeze(-1)
 
-    def output(self, vectors: list[torch.Tensor]) -> torch.Tensor:
-        base, t = vectors[-1], self.t
-        average = sum(vectors[:-1]).div_(len(self.others))  # type: ignore[union-attr]
-        return average.mul_(t).add_((1 - t) * base)
+    return solve
 
 
-def blocks(meta: MergeInputs) -> ModelStockBlocks | Select:
+def blocks(meta: MergeInputs) -> GramBlocks | Select:
     """The block merger (x-mergehub ``blocks``)."""
     if meta.base is None:
         raise ValueError(f"{meta.name}: model_stock needs a base model")
-    if not non_base(meta):
+    others = non_base(meta)
+    if not others:
         return Select(meta.base)
-    return ModelStockBlocks(meta)
+    mode = "rows" if meta.shared["filter_wise"] else "flat"
+    return GramBlocks(meta, others, meta.base, mode, stock_solve(len(others)), refine=True)
 
 
 def merge(inputs: MergeInputs) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Weighted spherical (barycentric) interpolation of the models, of their task vectors with a base.
 
-Computed in the inputs' dtype as the reference does (:class:`mergehub.maths.MultislerpBlocks`):
-the chain of statistics is predicted from the Gram matrix and confirmed by an exact pass.
+The coefficients come from the Gram matrix of the inputs (:func:`mergehub.maths.multislerp_solve`),
+summed in float64; the output is formed in float32 and rounded once to the inputs' dtype.
 """
 
 from __future__ import annotations

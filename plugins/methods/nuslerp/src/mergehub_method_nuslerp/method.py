@@ -1,8 +1,8 @@
 """Y = S(t, X₁, X₂) or, with a base, B + S(t, X₁−B, X₂−B), where t = w₂/(w₁+w₂).
 
-S is spherical interpolation of whole tensors, of each row, or of each column, in the inputs'
-dtype as the reference computes it (:class:`mergehub.maths.NuslerpBlocks`: a pass for the
-norms, one for the dot product of the normalised vectors, then the output).
+S is spherical interpolation of whole tensors, of each row, or of each column. The norms and the
+cosine come from the Gram matrix of the two vectors (:func:`mergehub.maths.nuslerp_solve`), summed
+in float64; the output is formed in float32 and rounded once to the inputs' dtype.
 """
 
 from __future__ import annotations
