@@ -162,7 +162,7 @@ class GramBlocks:
     def collect(self, pass_index: int, block: MergeInputs) -> None:
         if self.mode == "flat":
             for _, stacked, _ in self.chunks(block):
-                self.fold.add(row_gram(stacked.to(torch.float64) if self.refine else stacked))
+                self.fold.add(row_gram(stacked))
             return
         k = len(self.vectors)  # columns: every element's products, folded down the rows in float64
         for _, stacked, _ in self.chunks(block, CHUNK_ELEMENTS // (4 * k * k)):
