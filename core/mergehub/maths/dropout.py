@@ -27,6 +27,9 @@ _ROW_PIECE = 1 << 14
 #: Blocks are worked through in pieces of whole rows of about this many elements: the dozen
 #: temporaries of a piece stay in the CPU cache, which makes the kernels about 1.5 times faster.
 PIECE_ELEMENTS = 1 << 18
+#: A tensor whose keep masks, one bit per element and model, fit in this many bytes keeps the masks the
+#: rescale pass drew for the merge pass instead of drawing them again (drawing is most of DELLA's time).
+MASK_CACHE_BYTES = 1 << 22
 
 
 class DropBlocks:
@@ -53,6 +56,9 @@ class DropBlocks:
                    if drop and self.rescale else None for drop in self.drops]
         self.factors: list[torch.Tensor | None] | None = None
         self.passes = 1 if self.rescale else 0
+        drawn = sum(1 for drop, sums in zip(self.drops, self.l1) if drop and sums is not None)
+        self.cached: dict[tuple[int, int], np.ndarray] | None = \
+            {} if drawn and self.numel * drawn <= 8 * MASK_CACHE_BYTES else None
 
     def keep(self, i: int, start: int, delta: torch.Tensor) -> torch.Tensor:
         """Model ``i``'s keep mask (0/1 in the working dtype) for the block of ``delta`` starting at flat ``start``."""
@@ -70,7 +76,22 @@ class DropBlocks:
             for i, tensor in enumerate(others):
                 if self.l1[i] is not None:
                     delta = torch.sub(tensor, base)
-                    self.accumulate(i, start, delta, self.keep(i, start, delta))
+                    keep = self.keep(i, start, delta)
+                    self.remember(i, start, keep)
+                    self.accumulate(i, start, delta, keep)
+
+    def remember(self, i: int, start: int, keep: torch.Tensor) -> None:
+        """Keep a piece's mask, packed to one bit per element, for the merge pass (small tensors only)."""
+        if self.cached is not None and keep.device.type == "cpu":
+            self.cached[(i, start)] = np.packbits(torch.ne(keep, 0).numpy().reshape(-1))
+
+    def recall(self, i: int, start: int, delta: torch.Tensor) -> torch.Tensor:
+        """Model ``i``'s keep mask for a piece: the one the rescale pass remembered, else drawn again."""
+        packed = self.cached.pop((i, start), None) if self.cached is not None else None
+        if packed is None:
+            return self.keep(i, start, delta)
+        bits = np.unpackbits(packed, count=delta.numel())
+        return torch.from_numpy(bits).view(delta.shape).to(self.work)
 
     def pieces_of(self, block: MergeInputs) -> list[MergeInputs]:
         """``block`` cut into pieces of whole rows of about :data:`PIECE_ELEMENTS` (all results are per row)."""
@@ -116,7 +137,7 @@ class DropBlocks:
             if not self.drops[i]:
                 kept.append(delta)
                 continue
-            sparse = delta.to(self.work).mul_(self.keep(i, start, delta))  # in place: δ is not used again
+            sparse = delta.to(self.work).mul_(self.recall(i, start, delta))  # in place: δ is not used again
             if factors[i] is not None:
                 sparse.mul_(factors[i])
             kept.append(sparse.to(delta.dtype))

@@ -116,7 +116,8 @@ class SceBlocks:
         sigma, agreeing = elect(deltas)
         weights = self.coefficients.unbind()
         mixed = stacked_sum([a * c for a, c in zip(agreeing, weights)])
-        divisor = stacked_sum([(a > 0) * c for a, c in zip(agreeing, weights)]).clamp_(min=1e-6)
+        # cᵢ where Tᵢ agrees: a 0/1 factor of the dtype times cᵢ (a bool·bfloat16 product runs four times slower)
+        divisor = stacked_sum([as_factor(a > 0, a.dtype) * c for a, c in zip(agreeing, weights)]).clamp_(min=1e-6)
         return torch.addcmul(base, mixed.div_(divisor), sigma)  # B + σ·(Σ/divisor), rounded once as B + x is
 
     def weights(self, models: int, dtype: torch.dtype) -> torch.Tensor:
