@@ -137,9 +137,9 @@ class GramBlocks:
     def __init__(self, meta: MergeInputs, vectors: list[int], base: int | None, mode: Mode, solve: Solve,
                  refine: bool = False):
         shape = meta.full_shape if meta.full_shape is not None else tuple(meta.tensors[0].shape)
-        #: with 16-bit inputs, redo in float64 the elements where float32 cancellation could cost the last bit
+        #: with 16-bit inputs, per-row coefficients come from float64 products: float32 dot products would
+        #: leave the coefficient, and so the output, off by more than the output's last bit where terms cancel
         self.refine = refine and meta.tensors[0].dtype in (torch.bfloat16, torch.float16)
-        self.exact: list | None = None
         self.mode: Mode = mode if len(shape) >= 2 else "flat"
         self.passes = 0 if self.mode == "rows" else 1
         self.vectors, self.base, self.solve = vectors, base, solve
@@ -186,60 +186,15 @@ class GramBlocks:
             solved = self.solve(self.gram())
             # flat: plain numbers; columns: one coefficient per column, broadcast down the rows
             self.terms = solved[0].tolist() if self.mode == "flat" else list(solved.to(self.stack.work).unbind(1))
-            self.exact = solved[0].tolist() if self.mode == "flat" else list(solved.unbind(1))
         out_rows = matrix_view(out, self.mode)
-        mats = [matrix_view(t, self.mode) for t in block.tensors]
         for span, stacked, base_work in self.chunks(block):
-            terms, exact = self.terms, self.exact
+            terms = self.terms
             if self.mode == "rows":
-                wide = stacked.to(torch.float64) if self.refine else stacked  # refined results need exact coefficients
+                wide = stacked.to(torch.float64) if self.refine else stacked
                 solved = self.solve(symmetric(row_gram(wide).to(torch.float64)))
                 terms = list(solved.to(stacked.dtype).unsqueeze(-1).unbind(1))  # (rows, 1) each
-                exact = list(solved.unsqueeze(-1).unbind(1))
-            bound = self.magnitude(stacked, terms, base_work) if self.refine else 0.0  # type: ignore[arg-type]
             combine(stacked, terms, base_work, out_rows[span])  # type: ignore[arg-type]
-            if self.refine:
-                self.redo_cancelled(stacked[:, 0], bound, [m[span] for m in mats], exact, out_rows[span])  # type: ignore[arg-type]
         return out
-
-    def magnitude(self, stacked: torch.Tensor, terms: list, base: torch.Tensor | None) -> float:
-        """A bound on the size of every value :func:`combine` adds up in this chunk (before any cancels)."""
-        largest = stacked.abs().amax(dim=(0, 2)).tolist() if stacked.numel() else [0.0] * stacked.shape[1]
-        factors = [float(torch.as_tensor(t).abs().max()) for t in terms]
-        total = factors[0] * sum(largest) if len(factors) == 1 else sum(f * v for f, v in zip(factors, largest))
-        return total + (float(base.abs().max()) if base is not None and base.numel() else 0.0)
-
-    def redo_cancelled(self, acc: torch.Tensor, bound: float, chunks: list[torch.Tensor], exact: list,
-                       out: torch.Tensor) -> None:
-        """Recompute in float64 the elements whose float32 sum may be off by half a unit of the output dtype.
-
-        float32's rounding errors add up to at most (k + 2)·2⁻²⁴·``bound``; where terms cancel, that can
-        reach the output's last bit (a result near zero, or a float16 subnormal). Those few elements,
-        found from the float32 result, are formed again from the inputs in float64 and rounded once.
-        """
-        info = torch.finfo(out.dtype)
-        error = (len(self.vectors) + 2) * 2.0**-24 * bound
-        spacing = info.eps * torch.maximum(acc.abs() / 2, torch.tensor(info.tiny, dtype=acc.dtype))
-        rows, cols = (spacing < 4 * error).nonzero(as_tuple=True)
-        if rows.numel() == 0:
-            return
-        base = chunks[self.base][rows, cols].double() if self.base is not None else None
-        vectors = [chunks[i][rows, cols].double() for i in self.vectors]
-        if base is not None:
-            vectors = [v - base for v in vectors]
-        coefficient = [_at(c, rows, cols) for c in exact]
-        if len(coefficient) == 1:
-            value = coefficient[0] * sum(vectors)
-        else:
-            value = sum(c * v for c, v in zip(coefficient, vectors))
-        out[rows, cols] = (value + base if base is not None else value).to(out.dtype)
-
-
-def _at(coefficient: float | torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> float | torch.Tensor:
-    """A coefficient at some elements: a number, a per-row (rows, 1) or a per-column (cols,) tensor."""
-    if not isinstance(coefficient, torch.Tensor):
-        return coefficient
-    return coefficient[rows, 0] if coefficient.dim() == 2 else coefficient[cols]
 
 
 class Select:
