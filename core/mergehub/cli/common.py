@@ -1,4 +1,4 @@
-"""Steps shared by the verbs: build the registry, read and plan a recipe."""
+"""Steps shared by the verbs: build the registry, the recipe and model arguments, sizes."""
 
 from __future__ import annotations
 
@@ -7,11 +7,7 @@ import re
 from pathlib import Path
 
 from mergehub.cli.render import warn
-from mergehub.common.errors import MergehubError
-from mergehub.plan.planner import Plan, checked_recipe, make_plan
 from mergehub.plugin.registry import Registry, build_registry
-from mergehub.recipe.config import Recipe
-from mergehub.recipe.yamlsource import Document, read_recipe_file
 
 
 def registry() -> Registry:
@@ -20,26 +16,6 @@ def registry() -> Registry:
     for record in reg.failures():
         warn(f"plugin {record.distribution} {record.version} failed to load and is skipped: {record.error}")
     return reg
-
-
-def read_recipe(path: str, reg: Registry, documents: list[Document] | None = None) -> Recipe:
-    documents = documents or read_recipe_file(path)
-    if len(documents) > 1:
-        raise MergehubError(
-            f"{path} holds {len(documents)} YAML documents (a multi-stage recipe separated by ---)",
-            hint=f"run it with: mergehub merge {path} (or mergehub mega); mergehub plan {path} shows every stage",
-        )
-    recipe = checked_recipe(documents[0], reg)
-    for problem in recipe.warnings:
-        warn(f"{problem.where(path)}: {problem.message}")
-    return recipe
-
-
-def plan_recipe(recipe: Recipe, reg: Registry, allow_crimes: bool = False, trust_remote_code: bool = False) -> Plan:
-    plan = make_plan(recipe, reg, allow_crimes=allow_crimes, trust_remote_code=trust_remote_code)
-    for message in plan.warnings:
-        warn(message)
-    return plan
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

@@ -8,8 +8,6 @@ from pathlib import Path
 from mergehub.cli.common import (
     add_config_argument,
     add_model_options,
-    plan_recipe,
-    read_recipe,
     registry,
 )
 from mergehub.cli.render import out, warn
@@ -30,20 +28,17 @@ def summary(plan: Plan) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    reg = registry()
-    documents = read_recipe_file(args.config)
-    if len(documents) > 1:
-        from mergehub.plan.stages import plan_stages, split_stages
+    from mergehub.plan.stages import plan_stages, split_stages, stage_warnings
 
-        stages = split_stages(documents, Path("merged") / args.config.stem, Path("merged") / f"{args.config.stem}.stages")
-        plan_stages(stages, reg, args.allow_crimes, args.trust_remote_code)
-        for stage in stages:
-            for message in stage.plan.warnings if stage.plan else []:
-                warn(f"stage {stage.label}: {message}")
-            out.print(f"[green]ok[/green] stage {stage.label}: {summary(stage.plan)}")  # type: ignore[arg-type]
-        return 0
-    recipe = read_recipe(str(args.config), reg, documents)
-    plan = plan_recipe(recipe, reg, args.allow_crimes, args.trust_remote_code)
-    plan.close()
-    out.print(f"[green]ok[/green] {args.config}: {summary(plan)}")
+    reg = registry()
+    stem = args.config.stem
+    stages = split_stages(read_recipe_file(args.config), Path("merged") / stem, Path("merged") / f"{stem}.stages")
+    plan_stages(stages, reg, args.allow_crimes, args.trust_remote_code)  # one stage: its own plain report
+    for message in stage_warnings(stages):
+        warn(message)
+    for stage in stages:
+        assert stage.plan is not None
+        stage.plan.close()
+        label = str(args.config) if len(stages) == 1 else f"stage {stage.label}"
+        out.print(f"[green]ok[/green] {label}: {summary(stage.plan)}")
     return 0

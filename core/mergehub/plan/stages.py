@@ -222,3 +222,14 @@ def plan_stages(stages: list[Stage], registry: Registry, allow_crimes: bool = Fa
 
 def _labelled(problem: Problem, stage: Stage) -> Problem:
     return Problem(f"stage {stage.label}: {problem.message}", problem.path, problem.line, problem.hint)
+
+
+def stage_warnings(stages: list[Stage]) -> list[str]:
+    """The recipes' and plans' warnings, each labelled with its stage when there are several."""
+    found = []
+    for stage in stages:
+        prefix = "" if len(stages) == 1 else f"stage {stage.label}: "
+        found += [f"{prefix}{p.where(stage.document.file)}: {p.message}" for p in (stage.recipe.warnings if stage.recipe else [])]
+        found += [f"{prefix}{message}" for message in (stage.plan.warnings if stage.plan else [])]
+    return found
+

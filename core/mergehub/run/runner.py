@@ -25,7 +25,7 @@ from mergehub.plan.fingerprint import (
     stored_stamp,
 )
 from mergehub.plan.planner import Plan, make_plan
-from mergehub.plan.stages import Stage, plan_stages, split_stages
+from mergehub.plan.stages import Stage, plan_stages, split_stages, stage_warnings
 from mergehub.plugin.registry import Registry
 from mergehub.recipe.yamlsource import Document
 from mergehub.run.journal import run_identity
@@ -53,7 +53,8 @@ def run_recipe(documents: list[Document], registry: Registry, options: RunOption
     check_device(options.device)
     executor = make_executor(registry, options)
     plan_stages(stages, registry, options.allow_crimes, options.trust_remote_code)
-    _warn(stages, reporter, single)
+    for message in stage_warnings(stages):
+        reporter.warn(message)
     backend = registry.io_backend("safetensors").load()
     if not single:
         reporter.say("", f"{len(stages)} stages: " + " → ".join(s.label for s in stages))
@@ -101,15 +102,6 @@ def _merged(plan: Plan, stage: Stage, single: bool, seconds: float) -> tuple[str
                           f"with {plan.recipe.method.name} into {stage.output} in {seconds:.1f} s")
     return f"stage {stage.label}:", (f"merged {len(plan.tensors)} tensors with {plan.recipe.method.name} "
                                      f"into {stage.output} in {seconds:.1f} s")
-
-
-def _warn(stages: list[Stage], reporter: Reporter, single: bool) -> None:
-    for stage in stages:
-        prefix = "" if single else f"stage {stage.label}: "
-        for problem in stage.recipe.warnings if stage.recipe else []:
-            reporter.warn(f"{prefix}{problem.where(stage.document.file)}: {problem.message}")
-        for message in stage.plan.warnings if stage.plan else []:
-            reporter.warn(f"{prefix}{message}")
 
 
 def make_executor(registry: Registry, options: RunOptions) -> Any:
