@@ -154,14 +154,18 @@ RECIPES.update({
                              "dtype: bfloat16\n"},
 })
 
-#: Issue 5's targets: (kind, bound). "floor": wall <= bound x the I/O floor; "mergekit": mergekit's wall >= bound x
-#: ours; plus the peak private memory bound in MB where one is set.
-TARGETS: dict[str, tuple[str, float, int | None]] = {
-    "linear": ("floor", 1.5, 512), "passthrough": ("floor", 1.2, None),
-    "ties": ("mergekit", 10, 1024), "dare_ties": ("mergekit", 10, 1024),
-    "slerp": ("mergekit", 5, None), "model_stock": ("mergekit", 3, None),
-}
-DEFAULT_TARGET = ("mergekit", 2, None)
+#: Issue 15's targets, for every recipe: wall ≤ FLOOR_BOUND × the I/O floor (2× for the methods that are
+#: little more than reading and writing, 3× for the others), at least MERGEKIT_SPEEDUP× faster than mergekit,
+#: and peak private memory ≤ MEMORY_MB (the default --max-memory).
+NEAR_FLOOR = {"linear", "passthrough", "task_arithmetic", "nearswap", "slerp", "nuslerp", "multislerp", "karcher",
+              "model_stock"}
+MERGEKIT_SPEEDUP = 2
+MEMORY_MB = 256
+
+
+def floor_bound(name: str) -> float:
+    """How many times the I/O floor a recipe's wall time may be."""
+    return 2 if name in NEAR_FLOOR else 3
 
 
 # Runs mergehub's CLI in-process with TensorComputer.compute wrapped to log when each output tensor starts
@@ -657,23 +661,20 @@ def render(runs: list[Run], floors: dict, floor_runs: dict, names: list[str], me
 
 
 def _targets(runs: list[Run], floors: dict, names: list[str]) -> list[str]:
-    """Issue 5's targets, each with the measured figure and whether this run met it."""
+    """Issue 15's targets, each with the measured figure and whether this run met it."""
     lines = ["Targets:", "", "| recipe | target | measured | met |", "|---|---|---:|---|"]
     for name in names:
-        kind, bound, memory = TARGETS.get(name, DEFAULT_TARGET)
         hub = next((r for r in runs if r.recipe == name and r.tool == "mergehub" and r.returncode == 0), None)
         kit = next((r for r in runs if r.recipe == name and r.tool == "mergekit" and r.returncode == 0), None)
-        floor = sum(floors.get(name, (0, 0))[:2])
-        checks: list[tuple[str, str, bool | None]] = []
-        if kind == "floor":
-            ratio = hub.wall / floor if hub and floor else None
-            checks.append((f"wall ≤ {bound}× I/O floor", f"{ratio:.2f}×" if ratio else "–", ratio <= bound if ratio else None))
-        else:
-            speedup = kit.wall / hub.wall if hub and kit else None
-            checks.append((f"≥ {bound}× faster than mergekit", f"{speedup:.1f}×" if speedup else "–",
-                           speedup >= bound if speedup else None))
-        if memory and hub:
-            checks.append((f"peak private ≤ {memory} MB", f"{hub.peak_mb:.0f} MB", hub.peak_mb <= memory))
+        floor, bound = sum(floors.get(name, (0, 0))[:2]), floor_bound(name)
+        ratio = hub.wall / floor if hub and floor else None
+        speedup = kit.wall / hub.wall if hub and kit else None
+        checks: list[tuple[str, str, bool | None]] = [
+            (f"wall ≤ {bound}× I/O floor", f"{ratio:.2f}×" if ratio else "–", ratio <= bound if ratio else None),
+            (f"≥ {MERGEKIT_SPEEDUP}× faster than mergekit", f"{speedup:.1f}×" if speedup else "–",
+             speedup >= MERGEKIT_SPEEDUP if speedup else None)]
+        if hub:
+            checks.append((f"peak private ≤ {MEMORY_MB} MB", f"{hub.peak_mb:.0f} MB", hub.peak_mb <= MEMORY_MB))
         for target, measured, met in checks:
             lines.append(f"| {name} | {target} | {measured} | {'yes' if met else 'no' if met is False else '–'} |")
     return [*lines, ""]

@@ -68,8 +68,21 @@ def test_io_backends(registry):
     assert catalog.IO_BACKENDS == provided(registry.io_backends)
 
 
+def test_executors(registry):
+    assert catalog.EXECUTORS == provided(registry.executors)
+
+
 def test_every_repository_plugin_is_in_the_catalog():
-    assert catalog.distributions() == set(REPO_PLUGINS)
+    assert catalog.distributions() | set(catalog.EXECUTORS.values()) == set(REPO_PLUGINS)
+    assert not catalog.distributions() & set(catalog.EXECUTORS.values())  # executors stay out of the standard set
+
+
+def test_an_unknown_executor_names_the_distribution_that_provides_it():
+    result = run_cli("merge", ROOT / "examples" / "quickstart.yaml", "--executor", "ray", "--out", "unused",
+                     env={"MERGEHUB_DISABLE_PLUGINS": "mergehub-executor-ray"})
+    assert result.returncode == 1, result.output
+    assert "unknown executor 'ray'" in result.flat, result.output
+    assert "switched off" in result.flat and "mergehub-executor-ray" in result.flat, result.output
 
 
 @pytest.mark.parametrize("backend", sorted(catalog.IO_FILES))

@@ -18,7 +18,7 @@ CORE = ROOT / "core"
 #: The pipeline, lowest first: a package may import its own modules and those of packages before it.
 LAYERS = ["common", "plugin", "maths", "recipe", "models", "plan", "run", "testkit", "cli"]
 #: What plugins may import: the public API.
-PUBLIC = {"mergehub", "mergehub.maths", "mergehub.testing"}
+PUBLIC = {"mergehub", "mergehub.executing", "mergehub.maths", "mergehub.testing"}
 PLUGIN_ROOTS = [ROOT / "plugins", ROOT / "examples" / "plugins"]
 
 
@@ -126,7 +126,7 @@ def test_imports_run_down_the_pipeline() -> None:
 
 def test_the_top_level_holds_only_the_public_api_and_the_entry_point() -> None:
     top = sorted(p.name for p in (CORE / "mergehub").glob("*.py"))
-    assert top == ["__init__.py", "__main__.py", "testing.py"]
+    assert top == ["__init__.py", "__main__.py", "executing.py", "testing.py"]
     packages = sorted(p.name for p in (CORE / "mergehub").iterdir() if (p / "__init__.py").is_file())
     assert packages == sorted(LAYERS)
     for package in packages:
@@ -158,9 +158,10 @@ def test_plugin_schemas_name_only_public_or_own_code(path: Path) -> None:
 
 def test_the_public_api_names_resolve() -> None:
     import mergehub
+    import mergehub.executing
     import mergehub.maths
     import mergehub.testing
 
-    for module in (mergehub, mergehub.maths, mergehub.testing):
+    for module in (mergehub, mergehub.executing, mergehub.maths, mergehub.testing):
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"

@@ -23,6 +23,8 @@ from mergehub.plugin import catalog
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = (ROOT / "VERSION").read_text(encoding="utf-8").strip()
 PLUGINS = sorted(p.parent for p in ROOT.glob("plugins/*/*/pyproject.toml"))
+#: The standard set: every plugin but the executors (each brings an engine of its own, such as Ray).
+STANDARD = [d for d in PLUGINS if d.parent.name != "executors"]
 EXAMPLES = sorted(p.parent for p in ROOT.glob("examples/plugins/*/pyproject.toml"))
 #: Not copied for the build: VCS data, caches, build output, editable-install metadata, earlier merges.
 IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", ".hypothesis", "build", "dist", "*.egg-info", "merged",
@@ -90,8 +92,8 @@ def test_every_plugin_reads_the_one_version_file_and_needs_this_core():
 
 def test_the_standard_extra_pins_every_plugin_at_the_version():
     extras = project(ROOT)["optional-dependencies"]
-    assert sorted(extras["standard"]) == sorted(f"{dist_name(d)}=={VERSION}" for d in PLUGINS)
-    assert catalog.distributions() == {dist_name(d) for d in PLUGINS}
+    assert sorted(extras["standard"]) == sorted(f"{dist_name(d)}=={VERSION}" for d in STANDARD)
+    assert catalog.distributions() == {dist_name(d) for d in STANDARD}
 
 
 def test_the_example_plugins_accept_this_core():
@@ -164,7 +166,7 @@ def test_built_wheels_install_and_merge_every_example(tmp_path):
     run(*pip, f"mergehub[standard]=={VERSION}", *examples, env=env)
     lap("install standard")
     listing = json.loads(run(cli, "plugins", "--json", env=env, cwd=tmp_path).stdout)
-    repo = {dist_name(d) for d in PLUGINS + EXAMPLES}
+    repo = {dist_name(d) for d in STANDARD + EXAMPLES}
     assert {(r["kind"], r["name"], r["distribution"]) for r in listing if r["distribution"] == "mergehub"} == {
         ("executor", "local", "mergehub")}, listing  # the core's built-in executor
     listing = [r for r in listing if r["distribution"] != "mergehub"]

@@ -10,6 +10,7 @@ from types import ModuleType
 
 from mergehub.cli import inspect, mega, merge, new, plan, plugins, schema, validate
 from mergehub.cli.render import error_panel
+from mergehub.cli.running import expand_executor_flags
 from mergehub.common.errors import MergehubError
 from mergehub.common.version import __version__
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before torch loads OpenMP: idle worker threads sleep instead of spinning, which on a busy
     # machine (or beside the writer thread) otherwise burns cores the maths needs.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    argv = sys.argv[1:] if argv is None else argv
+    argv = expand_executor_flags(sys.argv[1:] if argv is None else argv)
     _stop_on_sigterm()
     args = build_parser().parse_args(argv)
     try:

@@ -36,11 +36,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="what runs the merge: local (default, this machine) or an installed executor plugin "
                              "(mergehub plugins lists them)")
     parser.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
-                        help="a setting of the chosen executor (repeatable); values are read as YAML scalars")
+                        help="a setting of the chosen executor (repeatable); values are read as YAML scalars; "
+                             "--NAME-KEY VALUE is short for it (e.g. --executor ray --ray-address auto)")
     add_model_options(parser)
     parser.add_argument("--intermediate-dir", type=Path, metavar="DIR",
                         help="multi-stage recipes: where named stages are written (default: <out>.stages)")
     parser.add_argument("--no-reuse", action="store_true", help="multi-stage recipes: recompute unchanged stages too")
+
+
+def expand_executor_flags(argv: list[str]) -> list[str]:
+    """``--NAME-KEY VALUE`` (or ``--NAME-KEY=VALUE``) for the executor chosen with ``--executor NAME``
+    becomes ``--executor-option KEY=VALUE``, so an executor's settings read like flags of its own."""
+    name = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--executor"), None)
+    name = next((a.split("=", 1)[1] for a in argv if a.startswith("--executor=")), name)
+    if not name or name == "local":
+        return argv
+    prefix, result, i = f"--{name}-", [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return result + argv[i:]
+        if arg.startswith(prefix) and len(arg) > len(prefix):
+            key, sep, value = arg[len(prefix):].partition("=")
+            if not sep and i + 1 < len(argv):
+                i, value = i + 1, argv[i + 1]
+            result += ["--executor-option", f"{key.replace('-', '_')}={value}"]
+        else:
+            result.append(arg)
+        i += 1
+    return result
 
 
 def _key_value(text: str) -> tuple[str, object]:

@@ -64,6 +64,13 @@ class ModelInfo:
         archs = self.config.get("architectures") or []
         return archs[0] if archs else None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its open reader (memory maps stay in their process): another process opens its own."""
+        state = dict(self.__dict__)
+        if not self.planned:
+            state["_reader"] = None
+        return state
+
     def close(self) -> None:
         if self._reader is not None and not self.planned:
             self._reader.close()
@@ -76,6 +83,12 @@ def locate(ref: ModelRef) -> Path:
     huggingface_hub itself honours HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE and the usual tokens.
     """
     return _resolve(ref.path, ref.revision, "model", HUB_PATTERNS, WEIGHT_PATTERNS)
+
+
+def locate_in_hub_cache(ref: ModelRef, files: list[str]) -> Path:
+    """``ref``'s snapshot in this machine's Hugging Face cache holding ``files`` (and the JSON beside them),
+    downloading only those: how a worker node without the driver's copy of a Hub model gets what it reads."""
+    return _snapshot(ref.path, ref.revision, "model", ["*.json", *files])
 
 
 def locate_adapter(ref: ModelRef) -> Path:

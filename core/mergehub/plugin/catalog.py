@@ -54,6 +54,12 @@ IO_BACKENDS: dict[str, str] = {
     "safetensors": "mergehub-io-safetensors",
 }
 
+#: Executor name -> the distribution that registers it. Executors are not in the standard set: each brings
+#: its own engine (Ray, for one), which most users never need.
+EXECUTORS: dict[str, str] = {
+    "ray": "mergehub-executor-ray",
+}
+
 #: IO backend name -> file names (glob patterns) of a model directory that backend reads.
 IO_FILES: dict[str, tuple[str, ...]] = {
     "pytorch": ("pytorch_model.bin.index.json", "pytorch_model*.bin"),
@@ -72,7 +78,7 @@ class _Record(Protocol):
     error: str | None
 
 
-def install_hint(subject: str, distribution: str, records: Iterable[_Record] = ()) -> str:
+def install_hint(subject: str, distribution: str, records: Iterable[_Record] = (), standard: bool = True) -> str:
     """``subject`` (e.g. ``merge method 'ties'``) comes from ``distribution``, and what to do when that is
     missing, switched off or broken. ``records`` are the registry's plugin records
     (:attr:`mergehub.plugin.registry.Registry.plugins`)."""
@@ -83,13 +89,20 @@ def install_hint(subject: str, distribution: str, records: Iterable[_Record] = (
                 f"(MERGEHUB_DISABLE_PLUGINS or MERGEHUB_LOAD_PLUGINS)")
     if record is not None and record.error:
         return f"{subject} comes from {distribution}, which is installed but failed to load: {record.error}"
-    return f"{subject} comes from {distribution}: pip install {distribution} (or {STANDARD} for the whole standard set)"
+    whole = f" (or {STANDARD} for the whole standard set)" if standard else ""
+    return f"{subject} comes from {distribution}: pip install {distribution}{whole}"
 
 
 def method_hint(name: str, records: Iterable[_Record] = ()) -> str | None:
     """How to get merge method ``name``, or None when no distribution of the standard set provides it."""
     distribution = METHODS.get(name)
     return install_hint(f"merge method '{name}'", distribution, records) if distribution else None
+
+
+def executor_hint(name: str, records: Iterable[_Record] = ()) -> str | None:
+    """How to get executor ``name``, or None when no distribution of this repository provides it."""
+    distribution = EXECUTORS.get(name)
+    return install_hint(f"executor '{name}'", distribution, records, standard=False) if distribution else None
 
 
 def io_backend_hint(name: str, records: Iterable[_Record] = ()) -> str | None:

@@ -87,8 +87,9 @@ class Registry:
 
     def executor(self, name: str) -> ExecutorSpec:
         if name not in self.executors:
-            message, hint = unknown_name("executor", name, self.executors)
-            raise MergehubError(message, hint=f"installed executors: {_listing(self.executors)}")
+            message, _ = unknown_name("executor", name, self.executors)
+            found = catalog.executor_hint(name, self.plugins.values())
+            raise MergehubError(message, hint=f"installed executors: {_listing(self.executors)}" + (f". {found}" if found else ""))
         return self.executors[name].spec
 
     def unknown_method(self, name: str) -> tuple[str, str]:

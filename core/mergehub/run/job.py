@@ -24,9 +24,11 @@ class Shard:
 class ExecutorJob:
     """One stage for an executor: write ``shards`` (their layout fixed here) into ``directory``.
 
-    The first ``journal.done`` tensors in plan order are already written (``--resume``); an executor
-    keeps them, writes the rest with ``backend.writer`` and calls ``journal.advance()`` after each
-    tensor's bytes are flushed, in plan order.
+    The first ``journal.done`` tensors in plan order are already written (``--resume``), and so are the
+    shards named in ``journal.shards``; an executor keeps them and writes the rest with
+    ``backend.writer``. It records progress either tensor by tensor in plan order
+    (``journal.advance()`` after each tensor's bytes are flushed) or shard by shard in any order
+    (``journal.finish_shard(file, count)`` once a shard is complete and durable).
     """
 
     plan: Plan
@@ -55,3 +57,25 @@ def layout_shards(tensors: list[OutputTensor], shard_size: int) -> list[Shard]:
 
 def weight_map(shards: list[Shard]) -> dict[str, Any]:
     return {t.name: s.file for s in shards for t in s.tensors}
+
+
+def finished_shards(job: ExecutorJob) -> set[str]:
+    """The shards a resumed job must keep: recorded whole, or wholly within the first ``journal.done`` tensors."""
+    done = set(job.journal.shards)
+    remaining = job.journal.done
+    for shard in job.shards:
+        if remaining >= len(shard.tensors):
+            done.add(shard.file)
+        remaining = max(0, remaining - len(shard.tensors))
+    return done
+
+
+def plan_order_prefix(job: ExecutorJob) -> int:
+    """How many tensors, in plan order, lie in the finished shards that open the plan (for executors that
+    record tensor by tensor and resume work another executor recorded shard by shard)."""
+    finished, count = finished_shards(job), 0
+    for shard in job.shards:
+        if shard.file not in finished:
+            break
+        count += len(shard.tensors)
+    return count

@@ -2,10 +2,11 @@
 
 An unfinished output lives in a hidden partial directory beside ``--out`` together with a
 journal, ``mergehub_resume.json``: what the run was (its recipe, inputs and the options that
-change bytes) and how many of the plan's tensors are completely written. Shards are written
-in plan order and every tensor sits at an offset the plan fixes, so "the first N tensors are
-done" names exactly which bytes are final; resuming cuts the shard in progress after its last
-complete tensor and carries on. The journal is replaced atomically (write, then rename) and
+change bytes) and what is completely written. The local executor writes shards in plan order and
+every tensor sits at an offset the plan fixes, so "the first N tensors are done" names exactly
+which bytes are final; resuming cuts the shard in progress after its last complete tensor and
+carries on. Executors that write whole shards in any order (several machines at once) record
+each finished shard by its file name instead. The journal is replaced atomically (write, then rename) and
 only after the tensor's bytes were handed to the kernel, so a killed process (``kill -9``
 included) never leaves a journal that claims more than the files hold.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,19 +83,30 @@ class Journal:
     directory: Path
     identity: dict[str, Any]
     done: int = 0  # tensors completely written, in plan order
+    shards: dict[str, int] = field(default_factory=dict)  # shard files complete, in any order: their tensor count
 
     @property
     def path(self) -> Path:
         return self.directory / JOURNAL
 
+    @property
+    def saved(self) -> int:
+        """Tensors whose bytes are final, however they were recorded."""
+        return self.done + sum(self.shards.values())
+
     def save(self) -> None:
-        text = json.dumps({"identity": self.identity, "done": self.done}, indent=1)
+        text = json.dumps({"identity": self.identity, "done": self.done, "shards": self.shards}, indent=1)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(text + "\n")
         os.replace(tmp, self.path)
 
     def advance(self, count: int = 1) -> None:
         self.done += count
+        self.save()
+
+    def finish_shard(self, file: str, tensors: int) -> None:
+        """Shard ``file`` (``tensors`` tensors) is complete and durable, whatever the order shards finish in."""
+        self.shards[file] = tensors
         self.save()
 
     def discard(self) -> None:
@@ -104,7 +116,8 @@ class Journal:
     def load(cls, directory: Path) -> Journal | None:
         try:
             data = json.loads((directory / JOURNAL).read_text())
-            return cls(directory, dict(data["identity"]), int(data["done"]))
+            shards = {str(k): int(v) for k, v in (data.get("shards") or {}).items()}
+            return cls(directory, dict(data["identity"]), int(data["done"]), shards)
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

@@ -13,7 +13,7 @@ from typing import Any
 from mergehub.plan.planner import OutputTensor
 from mergehub.run.compute import TensorComputer
 from mergehub.run.interrupt import StopRequest
-from mergehub.run.job import ExecutorJob, Progress
+from mergehub.run.job import ExecutorJob, Progress, plan_order_prefix
 from mergehub.run.journal import Journal
 from mergehub.run.options import RunOptions
 
@@ -32,6 +32,9 @@ class LocalExecutor:
         tensor is recorded in the journal once its bytes are in the kernel's hands.
         """
         options = self.options
+        if job.journal.shards:  # resuming shards written in any order: keep those that open the plan
+            job.journal.done, job.journal.shards = plan_order_prefix(job), {}
+            job.journal.save()
         computer = TensorComputer(job.plan, device=options.device, seed=options.seed, max_memory=options.max_memory,
                                   allow_nonfinite=options.allow_nonfinite)
         skip = job.journal.done

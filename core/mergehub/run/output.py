@@ -98,15 +98,15 @@ def _finish_directory(plan: Plan, tmp: Path, out: Path, shards: list, extra_file
 def _journal(tmp: Path, out: Path, identity: dict[str, Any], resume: bool, restart: bool) -> Journal:
     """The journal to write into: the interrupted run's (resume), or a new one."""
     old = Journal.load(tmp)
-    if old is not None and old.done and resume:
+    if old is not None and old.saved and resume:
         reasons = differences(old.identity, identity)
         if reasons:
             raise MergehubError(f"cannot resume the interrupted merge into {out}: " + "; ".join(reasons),
                                 hint="run the original recipe and options again with --resume, "
                                      "or pass --force (without --resume) to start over")
         return old
-    if old is not None and old.done and not restart:
-        raise MergehubError(f"an interrupted merge into {out} is waiting ({old.done} of "
+    if old is not None and old.saved and not restart:
+        raise MergehubError(f"an interrupted merge into {out} is waiting ({old.saved} of "
                             f"{old.identity.get('tensors', '?')} tensors written, in {tmp})",
                             hint="run the same command with --resume to continue it, or with --force to start over")
     for child in tmp.iterdir():
@@ -119,7 +119,7 @@ def _journal(tmp: Path, out: Path, identity: dict[str, Any], resume: bool, resta
 
 def _after_failure(tmp: Path, journal: Journal, total: int, exc: BaseException) -> None:
     """Keep finished work for --resume (a partial directory without any is removed); say how to continue."""
-    done = journal.done
+    done = journal.saved
     if not done:
         shutil.rmtree(tmp, ignore_errors=True)
     if isinstance(exc, KeyboardInterrupt):

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 from mergehub.models.loader import open_reader  # noqa: F401  (re-exported for plugin tests)
 from mergehub.plugin.registry import build_registry, core_schema  # noqa: F401  (re-exported for plugin tests)
+from mergehub.testkit import forkcli
 from mergehub.testkit.contract import (  # noqa: F401  (the plugin test kit, re-exported for plugin tests)
     architecture_problems,
     check_architecture_distribution,
@@ -104,11 +104,14 @@ def flat_output(text: str) -> str:
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
-    """Run the installed ``mergehub`` CLI for real, in a subprocess."""
+    """Run the installed ``mergehub`` CLI for real, in a process of its own.
+
+    The process is forked from a server that has torch imported already (:mod:`mergehub.testkit.forkcli`),
+    which saves most of a small merge's time; ``MERGEHUB_TEST_FORK=0`` starts a fresh interpreter instead.
+    """
     full_env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "mergehub", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=full_env, timeout=600)
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    code, stdout, stderr = forkcli.run_mergehub([str(a) for a in args], cwd, full_env, Path(tempfile.gettempdir()))
+    return CliResult(code, stdout, stderr)
 
 
 def merge_ok(cfg: Path, out: Path, *extra: str | Path) -> str:
