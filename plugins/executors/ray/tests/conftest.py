@@ -70,13 +70,16 @@ def slow_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(slow_site: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The cluster's address and the environment a driver (and the workers) run with."""
+def ray_cluster(slow_site: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """``address``; ``driver``: the environment a driver runs with; ``node_cache``: the worker nodes' own
+    Hugging Face cache (offline), which is not the driver's."""
     from ray.cluster_utils import Cluster
 
     log = tmp_path_factory.mktemp("slow-log") / "calls.log"
+    node_cache = tmp_path_factory.mktemp("node-hub-cache")
     path = os.pathsep.join(filter(None, [str(slow_site), os.environ.get("PYTHONPATH")]))
-    env = {"PYTHONPATH": path, "MERGEHUB_SLOW_LOG": str(log), "RAY_DEDUP_LOGS": "0"}
+    driver = {"PYTHONPATH": path, "MERGEHUB_SLOW_LOG": str(log)}
+    env = {**driver, "RAY_DEDUP_LOGS": "0", "HF_HUB_CACHE": str(node_cache), "HF_HUB_OFFLINE": "1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -92,6 +95,6 @@ def ray_cluster(slow_site: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             else:
                 os.environ[key] = value
     try:
-        yield {"address": cluster.address, **env}
+        yield {"address": cluster.address, "driver": driver, "node_cache": node_cache}
     finally:
         cluster.shutdown()

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mergehub.testing import forward_pass, run_cli
+from mergehub.testing import forward_pass, populate_hub_cache, run_cli
 
 SMALL = ("--shard-size", "8KB", "--max-memory", "4KB")  # several shards, and tensors merged in row blocks
 SHARDS = ("--shard-size", "8KB")  # for the slow method, which pauses per call: whole tensors
@@ -54,14 +54,16 @@ def same_files(left: Path, right: Path) -> None:
         assert (left / name).read_bytes() == (right / name).read_bytes(), name
 
 
-def ray_merge(recipe: Path, out: Path, cluster: dict[str, str], *extra: str, sizes: tuple[str, ...] = SMALL):
-    env = {k: v for k, v in cluster.items() if k != "address"}
+def ray_merge(recipe: Path, out: Path, cluster: dict, *extra: str, sizes: tuple[str, ...] = SMALL,
+              env: dict[str, str] | None = None):
+    env = {**cluster["driver"], **(env or {})}
     return run_cli("merge", recipe, "--out", out, "--executor", "ray", "--ray-address", cluster["address"], *sizes,
                    *extra, env=env)
 
 
-def local_merge(recipe: Path, out: Path, cluster: dict[str, str], *extra: str, sizes: tuple[str, ...] = SMALL):
-    env = {k: v for k, v in cluster.items() if k != "address"}
+def local_merge(recipe: Path, out: Path, cluster: dict, *extra: str, sizes: tuple[str, ...] = SMALL,
+                env: dict[str, str] | None = None):
+    env = {**cluster["driver"], **(env or {})}
     result = run_cli("merge", recipe, "--out", out, *sizes, *extra, env=env)
     assert result.returncode == 0, result.output
     return result
@@ -118,8 +120,8 @@ def slow_recipe(tmp_path: Path, models: dict[str, Path], delay: float = 0.25, na
                                          f"  - model: {models['b']}\nparameters: {{delay: {delay}}}\ndtype: float32\n")
 
 
-def log_lines(cluster: dict[str, str]) -> list[tuple[int, str]]:
-    path = Path(cluster["MERGEHUB_SLOW_LOG"])
+def log_lines(cluster: dict) -> list[tuple[int, str]]:
+    path = Path(cluster["driver"]["MERGEHUB_SLOW_LOG"])
     lines = path.read_text().splitlines() if path.exists() else []
     return [(int(pid), name) for pid, name in (line.split() for line in lines)]
 
@@ -133,7 +135,7 @@ def wait_for(condition, timeout: float = 120.0) -> None:
 
 def test_a_worker_killed_mid_shard_is_retried_and_the_bytes_are_unchanged(models, ray_cluster, tmp_path):
     recipe = slow_recipe(tmp_path, models)
-    Path(ray_cluster["MERGEHUB_SLOW_LOG"]).unlink(missing_ok=True)
+    Path(ray_cluster["driver"]["MERGEHUB_SLOW_LOG"]).unlink(missing_ok=True)
     driver = start_driver(recipe, tmp_path / "ray", ray_cluster)
     wait_for(lambda: len(log_lines(ray_cluster)) >= 2)
     victim, tensor = log_lines(ray_cluster)[0]
@@ -171,11 +173,29 @@ def test_a_stopped_driver_keeps_finished_shards_for_resume(how, models, ray_clus
     same_files(out, tmp_path / "local")
 
 
-def start_driver(recipe: Path, out: Path, cluster: dict[str, str]) -> subprocess.Popen:
-    env = {**os.environ, **{k: v for k, v in cluster.items() if k != "address"}, "COLUMNS": "200", "NO_COLOR": "1"}
+def start_driver(recipe: Path, out: Path, cluster: dict) -> subprocess.Popen:
+    env = {**os.environ, **cluster["driver"], "COLUMNS": "200", "NO_COLOR": "1"}
     return subprocess.Popen([sys.executable, "-m", "mergehub", "merge", str(recipe), "--out", str(out), "--executor",
                              "ray", "--ray-address", cluster["address"], *SHARDS], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_hub_models_can_come_from_each_nodes_own_cache(models, ray_cluster, tmp_path):
+    """With --ray-inputs node-cache, workers resolve Hub ids through their own (offline) cache, not the driver's."""
+    driver_cache = tmp_path / "driver-cache"
+    for name in ("a", "b"):
+        populate_hub_cache(driver_cache, f"org/tiny-{name}", models[name])
+    recipe = write(tmp_path / "hub.yaml", RECIPES["linear"].format(a="org/tiny-a", b="org/tiny-b"))
+    hub = {"HF_HUB_CACHE": str(driver_cache), "HF_HUB_OFFLINE": "1"}
+    missing = ray_merge(recipe, tmp_path / "none", ray_cluster, "--ray-inputs", "node-cache", env=hub)
+    assert missing.returncode == 1, missing.output  # the nodes' cache does not hold the models yet
+    assert "'org/tiny-a' is neither a local directory nor in the Hugging Face cache" in missing.flat, missing.output
+    for name in ("a", "b"):
+        populate_hub_cache(ray_cluster["node_cache"], f"org/tiny-{name}", models[name])
+    result = ray_merge(recipe, tmp_path / "ray", ray_cluster, "--ray-inputs", "node-cache", env=hub)
+    assert result.returncode == 0, result.output
+    local_merge(recipe, tmp_path / "local", ray_cluster, env=hub)
+    same_files(tmp_path / "ray", tmp_path / "local")
 
 
 def test_plugins_lists_the_executor():
