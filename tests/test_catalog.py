@@ -68,6 +68,10 @@ def test_io_backends(registry):
     assert catalog.IO_BACKENDS == provided(registry.io_backends)
 
 
+def test_moe_formats(registry):
+    assert catalog.MOE_FORMATS == provided(registry.moe_formats)
+
+
 def test_executors(registry):
     assert catalog.EXECUTORS == provided(registry.executors)
 

@@ -17,12 +17,16 @@ from mergehub.common import dtypes
 from mergehub.common.errors import MergehubError, Problem, RecipeError
 from mergehub.common.version import __version__
 from mergehub.plugin.hookspecs import hookimpl
+from mergehub.plugin.moelayout import expert_layout
 from mergehub.plugin.specs import (
     ArchitectureSpec,
     ExecutorSpec,
     IOBackendSpec,
     MergeInputs,
     MethodSpec,
+    MoEFormatSpec,
+    MoEPiece,
+    MoETensor,
     TensorHeader,
     TensorReader,
 )
@@ -34,11 +38,15 @@ __all__ = [
     "MergeInputs",
     "MergehubError",
     "MethodSpec",
+    "MoEFormatSpec",
+    "MoEPiece",
+    "MoETensor",
     "Problem",
     "RecipeError",
     "TensorHeader",
     "TensorReader",
     "dtypes",
+    "expert_layout",
     "hookimpl",
     "__version__",
 ]

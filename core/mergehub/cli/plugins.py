@@ -13,13 +13,13 @@ from mergehub.cli.render import err, out
 from mergehub.plugin import catalog
 from mergehub.plugin.registry import Registry, build_registry
 
-HELP = "list installed plugins (methods, architectures, IO backends, executors) and their status"
+HELP = "list installed plugins (methods, architectures, IO backends, executors, MoE formats) and their status"
 COLUMNS = ("kind", "name", "distribution", "version", "status")
 #: The name listed for a plugin that derives architecture definitions from the model itself.
 DERIVED = "(derived)"
 DESCRIPTION = f"""{HELP}.
 
-One row per method, architecture definition, IO backend and executor, with the distribution and version that
+One row per method, architecture definition, IO backend, executor and MoE output format, with the distribution and version that
 provide it (the built-in 'local' executor comes with mergehub itself);
 a plugin that derives definitions from the model itself (mergehub-arch-transformers) is listed as architecture
 '{DERIVED}'. Plugins that failed to load, are switched off (MERGEHUB_DISABLE_PLUGINS, MERGEHUB_LOAD_PLUGINS) or
@@ -40,7 +40,7 @@ def rows(reg: Registry | None = None) -> list[dict[str, str]]:
     reg = reg or build_registry()
     found = []
     tables = (("method", reg.methods), ("architecture", reg.architectures), ("io", reg.io_backends),
-              ("executor", reg.executors))
+              ("executor", reg.executors), ("moe-format", reg.moe_formats))
     for kind, table in tables:
         for name, registered in sorted(table.items()):
             plugin = registered.plugin

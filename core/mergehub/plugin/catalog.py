@@ -54,6 +54,13 @@ IO_BACKENDS: dict[str, str] = {
     "safetensors": "mergehub-io-safetensors",
 }
 
+#: MoE output format name -> the distribution that registers it (``mergehub moe``).
+MOE_FORMATS: dict[str, str] = {
+    "mixtral": "mergehub-moe-mixtral",
+    "qwen2_moe": "mergehub-moe-qwen",
+    "qwen3_moe": "mergehub-moe-qwen",
+}
+
 #: Executor name -> the distribution that registers it. Executors are not in the standard set: each brings
 #: its own engine (Ray, for one), which most users never need.
 EXECUTORS: dict[str, str] = {
@@ -69,7 +76,7 @@ IO_FILES: dict[str, tuple[str, ...]] = {
 
 def distributions() -> set[str]:
     """Every distribution of the standard set (what ``mergehub[standard]`` installs besides the core)."""
-    return {*METHODS.values(), *ARCHITECTURES.values(), DERIVER, *IO_BACKENDS.values()}
+    return {*METHODS.values(), *ARCHITECTURES.values(), DERIVER, *IO_BACKENDS.values(), *MOE_FORMATS.values()}
 
 
 class _Record(Protocol):

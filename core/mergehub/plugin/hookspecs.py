@@ -19,6 +19,7 @@ from mergehub.plugin.specs import (
     ExecutorSpec,
     IOBackendSpec,
     MethodSpec,
+    MoEFormatSpec,
 )
 
 PROJECT = "mergehub"
@@ -90,9 +91,33 @@ def mergehub_register_executors() -> list[ExecutorSpec]:
     :class:`~mergehub.run.options.RunOptions` (``options.executor_options`` holds the validated
     ``--executor-option`` values) and offers ``run(job) -> None``: compute every tensor of
     ``job.plan`` and write ``job.shards`` (the layout is fixed by the core) into ``job.directory``
-    with ``job.backend``'s writer, skipping the ``job.journal.done`` tensors already written,
-    recording each finished tensor with ``job.journal`` and reporting it to ``job.progress``. The
+    with ``job.backend``'s writer, skipping what ``--resume`` keeps (the ``job.journal.done``
+    tensors in plan order and the shards in ``job.journal.shards``), recording progress with
+    ``job.journal`` (``advance()`` per tensor in plan order, or ``finish_shard(file, count)`` per
+    whole shard in any order) and reporting each tensor to ``job.progress``. Public helpers for
+    executors live in :mod:`mergehub.executing`. The
     core does everything else: the lock, the journal file, config, tokenizer, card and index, and
     the atomic rename into place. The same seed must give the same bytes as the local executor.
     """
 
+
+
+@hookspec
+def mergehub_register_moe_formats() -> list[MoEFormatSpec]:
+    """Return the mixture-of-experts output formats this plugin provides (``mergehub moe``).
+
+    The class that :attr:`MoEFormatSpec.implementation` names is built without arguments and offers:
+
+    - ``rejects(base, experts, shared) -> str | None``: given the ``config.json`` dicts of the base,
+      the routed experts' and the shared experts' models, why this format cannot be built from
+      them (None when it can). The core picks the first format that accepts (or the one the
+      recipe's ``architecture`` names) and lists every rejection when none does.
+    - ``config(base, experts, experts_per_token, shared) -> dict``: the output ``config.json``.
+    - ``tensors(base, names, experts, shared) -> list[MoETensor]``: the output tensors in writing
+      order, each made of :class:`MoEPiece` runs of rows; ``names`` are the base checkpoint's
+      tensor names (so a format can keep optional tensors such as biases or a separate
+      ``lm_head.weight`` only where the source has them).
+
+    The core resolves every piece to a source tensor (headers only, before any weight is read),
+    computes the routers and streams the pieces into shards.
+    """

@@ -25,6 +25,7 @@ from mergehub.plugin.specs import (
     ExecutorSpec,
     IOBackendSpec,
     MethodSpec,
+    MoEFormatSpec,
 )
 
 S = TypeVar("S")
@@ -34,6 +35,7 @@ KINDS = {
     "architecture": "mergehub_register_architectures",
     "io": "mergehub_register_io_backends",
     "executor": "mergehub_register_executors",
+    "moe_format": "mergehub_register_moe_formats",
 }
 
 
@@ -58,6 +60,7 @@ class Registry:
     architectures: dict[str, Registered[ArchitectureSpec]] = field(default_factory=dict)
     io_backends: dict[str, Registered[IOBackendSpec]] = field(default_factory=dict)
     executors: dict[str, Registered[ExecutorSpec]] = field(default_factory=dict)
+    moe_formats: dict[str, Registered[MoEFormatSpec]] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
     plugins: dict[str, PluginRecord] = field(default_factory=dict)
     derivers: list[tuple[Callable[..., Any], PluginRecord]] = field(default_factory=list)
@@ -159,6 +162,10 @@ def _validate_spec(kind: str, spec: Any) -> str | None:
         if not isinstance(spec, ExecutorSpec):
             return f"mergehub_register_executors returned {type(spec).__name__}, not ExecutorSpec"
         return _schema_problem(OPTIONS_METASCHEMA, spec.options, f"executor '{spec.name}' options")
+    if kind == "moe_format":
+        if not isinstance(spec, MoEFormatSpec):
+            return f"mergehub_register_moe_formats returned {type(spec).__name__}, not MoEFormatSpec"
+        return None
     if not isinstance(spec, IOBackendSpec):
         return f"mergehub_register_io_backends returned {type(spec).__name__}, not IOBackendSpec"
     return None
@@ -198,7 +205,7 @@ def build_registry(pm: PluginManager | None = None) -> Registry:
     registry = Registry(plugins=dict(pm.records))
     owners: dict[tuple[str, str], PluginRecord] = {}
     tables = {"method": registry.methods, "architecture": registry.architectures, "io": registry.io_backends,
-              "executor": registry.executors}
+              "executor": registry.executors, "moe_format": registry.moe_formats}
     for kind, hook_name in KINDS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             record = registry.plugins.get(impl.plugin_name) or PluginRecord(impl.plugin_name, impl.plugin_name, "?")

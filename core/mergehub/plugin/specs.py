@@ -187,6 +187,53 @@ class ExecutorSpec:
         return import_object(self.implementation)
 
 
+@dataclass(frozen=True)
+class MoEPiece:
+    """Where a run of rows of a mixture-of-experts output tensor comes from.
+
+    ``source``: ``base`` (the base model), ``expert`` / ``shared`` (the ``index``-th routed or shared
+    expert's model), or ``router`` / ``shared_router`` (the gate vectors the core computes for layer
+    ``index``: one row per routed expert, or one row per shared expert). ``tensor`` names the source
+    tensor (None for routers). ``residual`` marks tensors that write into the residual stream (the
+    down projection), which an expert's ``residual_scale`` multiplies.
+    """
+
+    source: Literal["base", "expert", "shared", "router", "shared_router"]
+    index: int = 0
+    tensor: str | None = None
+    residual: bool = False
+
+
+@dataclass(frozen=True)
+class MoETensor:
+    """One output tensor of a mixture-of-experts model: its ``pieces`` concatenated along dim 0.
+
+    With ``per_expert`` the concatenation is reshaped to (experts, rows per expert, …): the fused
+    layout transformers uses for expert weights (``experts.gate_up_proj`` = each expert's gate
+    rows then up rows, ``experts.down_proj``); every piece is copied byte for byte otherwise.
+    """
+
+    name: str
+    pieces: tuple[MoEPiece, ...]
+    per_expert: int | None = None  # the leading dim of the fused layout (the number of experts), if any
+
+
+@dataclass(frozen=True)
+class MoEFormatSpec:
+    """An output format for ``mergehub moe``: which dense sources it accepts and how it lays them out.
+
+    ``implementation`` names a class (``package.module:Class``) built without arguments; see
+    :func:`~mergehub.plugin.hookspecs.mergehub_register_moe_formats` for what it offers.
+    """
+
+    name: str
+    summary: str
+    implementation: str
+
+    def load(self) -> Any:
+        return import_object(self.implementation)()
+
+
 @dataclass
 class MergeInputs:
     """Everything a method needs to compute one output tensor.

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +55,15 @@ def partial_directory(out: Path) -> Path:
 
 def write_model(plan: Plan, out: Path, options: RunOptions, executor: Any, backend: Any, *, replace: bool,
                 identity: dict[str, Any], progress: Progress | None = None,
-                extra_files: dict[str, str] | None = None) -> None:
+                extra_files: dict[str, str] | None = None, files: Callable[[Path], None] | None = None) -> None:
     """Have ``executor`` merge into the partial directory, then rename it to ``out`` once everything is written.
 
     ``replace`` allows an existing ``out`` to be replaced. ``identity`` (see
     :func:`mergehub.run.journal.run_identity`) lets an interrupted run be resumed: with
     ``options.resume`` the tensors already written are kept; ``options.force`` discards an
     interrupted run's work instead of refusing to. On failure or interrupt the partial directory
-    is kept when it holds finished tensors, and removed when it holds none.
+    is kept when it holds finished tensors, and removed when it holds none. ``files`` writes what goes
+    beside the weights (default: the plan's config.json, tokenizer and model card).
     """
     check_output(out, replace)
     check_supported(plan)
@@ -73,7 +75,7 @@ def write_model(plan: Plan, out: Path, options: RunOptions, executor: Any, backe
         try:
             shards = layout_shards(plan.tensors, options.shard_size)
             executor.run(ExecutorJob(plan, tmp, shards, backend, journal, progress))
-            _finish_directory(plan, tmp, out, shards, extra_files or {})
+            _finish_directory(plan, tmp, out, shards, extra_files or {}, files)
             journal.discard()
             (tmp / OWNER).unlink(missing_ok=True)
             _sync_directory(tmp)
@@ -83,14 +85,18 @@ def write_model(plan: Plan, out: Path, options: RunOptions, executor: Any, backe
             raise
 
 
-def _finish_directory(plan: Plan, tmp: Path, out: Path, shards: list, extra_files: dict[str, str]) -> None:
+def _finish_directory(plan: Plan, tmp: Path, out: Path, shards: list, extra_files: dict[str, str],
+                      files: Callable[[Path], None] | None) -> None:
     if len(shards) > 1:
         total = sum(t.nbytes for t in plan.tensors)
         index = {"metadata": {"total_size": total, "mergehub_version": __version__}, "weight_map": weight_map(shards)}
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
-    copy_tokenizer(plan, tmp)
-    write_card(plan, tmp, out.name)
+    if files is not None:
+        files(tmp)
+    else:
+        (tmp / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
+        copy_tokenizer(plan, tmp)
+        write_card(plan, tmp, out.name)
     for name, text in extra_files.items():
         (tmp / name).write_text(text)
 
