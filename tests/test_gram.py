@@ -15,6 +15,7 @@ import random
 import pytest
 import torch
 from mergehub import MergeInputs
+from mergehub.maths import gram
 from mergehub.maths.blocks import merge_whole
 from mergehub.maths.gram import Fold, row_gram
 from mergehub.maths.spherical import (
@@ -89,6 +90,17 @@ def test_the_thread_count_does_not_change_the_bytes(case: str) -> None:
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("case", ["model_stock", "nuslerp-rows", "karcher", "multislerp"])
+def test_the_worker_count_does_not_change_the_bytes(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks spread over 1, 2 or 3 runs (more runs than the pool has workers too) give the same bytes."""
+    tensors = sample(case, (200, 1500), torch.bfloat16, seed=3)  # 87 rows a chunk: several chunks per block
+    results = []
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(gram, "THREADS", workers)
+        results.append(blocked(case, tensors, [5, 120, 121]))
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
 def test_a_rows_gram_matrix_does_not_depend_on_the_other_rows() -> None:

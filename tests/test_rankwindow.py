@@ -89,3 +89,22 @@ def test_row_sums_do_not_depend_on_the_blocks():
             sums.put(0, start, values[start:start + rows])
         totals.add(sums.total(0))
     assert len(totals) == 1 and math.isclose(totals.pop(), float(values.double().sum()), rel_tol=1e-12)
+
+
+def test_int16_magnitude_keys_agree_with_the_bits_for_every_pattern():
+    """RankWindow's one-kernel key (``Above``) selects exactly what |bits| comparisons select, on all 2¹⁶ patterns."""
+    from mergehub.maths.topk import Above, Bits
+
+    patterns = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    magnitude = patterns.view(torch.int16).int() & 0x7FFF
+    bits = Bits(patterns)
+    for floor in (0, 1, 2, 100, 0x3F80, 0x7F7F, 0x7F80, 0x7FFE, 0x7FFF):
+        keys = Above(patterns, floor)
+        for upper in (None, floor, floor + 1, floor + 2, 0x7FFF, 0x8000):
+            if upper is not None and upper > 0x8000:
+                continue
+            want = (magnitude > floor) & (magnitude < (0x8000 if upper is None else upper))
+            assert torch.equal(keys.between(floor, upper), want)
+            assert torch.equal(bits.between(floor, upper), want)
+        for value in {floor, min(floor + 1, 0x7FFF), 0x7FFF, 0}:
+            assert torch.equal(keys.equal(value), magnitude == value)

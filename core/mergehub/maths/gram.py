@@ -14,6 +14,14 @@ float64 strictly in row order (a cumulative sum, never a tree whose shape follow
 Per-column sums fold the float64 products row after row the same way. Work happens in chunks
 of :data:`CHUNK_ELEMENTS`, in float32 (float64 for float64 inputs), in reused buffers.
 
+Threads: a block's chunks are split into :data:`THREADS` runs of consecutive chunks, one per
+worker of a pool whose threads run torch single-threaded (see :func:`spread`). Chunks are a few
+hundred KB, so an OpenMP team per elementwise op spends more on waking its threads (futex system
+calls, context switches) than it saves; a worker per run instead keeps both cores busy with the
+whole chain of ops, including the first touch of the memory-mapped inputs. A chunk's arithmetic
+is the same on any thread and the Gram matrices are folded in row order on the calling thread,
+so the bytes do not depend on the number of threads.
+
 The reference computes nuslerp, multislerp and model_stock in the inputs' dtype, rounding every
 statistic and elementwise step to 16 bits for bf16/fp16 models. mergehub computes them like the
 others, in float32 from float64 statistics: within one unit in the last place of the formula in
@@ -23,8 +31,11 @@ float64, and never further from it than the reference's own result.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from typing import Literal
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, TypeVar
 
 import torch
 
@@ -38,6 +49,57 @@ Solve = Callable[[torch.Tensor], torch.Tensor]
 #: Rows are processed in chunks of about this many elements: a few float32 copies of a chunk
 #: stay in the CPU's L2 cache, and the scratch memory stays at a few MB whatever the block.
 CHUNK_ELEMENTS = 1 << 17
+#: Worker threads a block's chunks are spread over (1: the calling thread does the work).
+THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+T = TypeVar("T")
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child: the workers were not copied, so a new pool is started when needed."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _single_threaded_torch() -> None:
+    """Pool initializer: this worker's torch ops run on it alone (nested OpenMP teams would
+    oversubscribe the cores). ``get_num_threads`` first, so torch's lazy per-thread set-up does
+    not later undo the 1."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+def pool() -> ThreadPoolExecutor:
+    """The chunk workers, all started now; the caller's torch thread count (which ``set_num_threads``
+    also writes for threads started later) is restored."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            threads = torch.get_num_threads()
+            workers = ThreadPoolExecutor(THREADS, thread_name_prefix="mergehub-gram", initializer=_single_threaded_torch)
+            started = threading.Barrier(THREADS)  # one task per worker: every thread is started and set up
+            list(workers.map(lambda _: started.wait(), range(THREADS)))
+            torch.set_num_threads(threads)
+            _pool = workers
+    return _pool
+
+
+def spread(work: Callable[[list[slice]], list[T]], spans: list[slice]) -> list[T]:
+    """``work`` over runs of consecutive ``spans``, one run per worker; the results in span order.
+
+    One task per worker and block (not per chunk) keeps the pool's hand-offs to a couple per block.
+    """
+    runs = min(THREADS, len(spans))
+    if runs <= 1:
+        return work(spans)
+    groups = [spans[i * len(spans) // runs:(i + 1) * len(spans) // runs] for i in range(runs)]
+    return [result for part in pool().map(work, groups) for result in part]
 
 
 def matrix_view(tensor: torch.Tensor, mode: Mode) -> torch.Tensor:
@@ -143,30 +205,41 @@ class GramBlocks:
         self.mode: Mode = mode if len(shape) >= 2 else "flat"
         self.passes = 0 if self.mode == "rows" else 1
         self.vectors, self.base, self.solve = vectors, base, solve
-        self.stack = Stack(working_dtype(meta.tensors[0].dtype))
+        self.work = working_dtype(meta.tensors[0].dtype)
+        self.local = threading.local()  # each worker thread's Stack
         self.fold = Fold()
         self.terms: list | None = None
 
-    def chunks(self, block: MergeInputs, elements: int = CHUNK_ELEMENTS
-               ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
-        """(rows, stacked vectors, base) for each chunk of ``block``, in row order."""
+    def stack(self) -> Stack:
+        """This thread's reused buffers (workers load their chunks concurrently)."""
+        stack = getattr(self.local, "stack", None)
+        if stack is None:
+            stack = self.local.stack = Stack(self.work)
+        return stack
+
+    def spans(self, block: MergeInputs, scale: int = 1) -> tuple[list[torch.Tensor], list[slice]]:
+        """The 2-D views of ``block``'s tensors and its chunks of rows (``CHUNK_ELEMENTS // scale``), in row order."""
         mats = [matrix_view(t, self.mode) for t in block.tensors]
         rows, cols = mats[0].shape
-        step = max(1, elements // max(1, cols))
-        for start in range(0, rows, step):
-            span = slice(start, min(rows, start + step))
-            base = mats[self.base][span] if self.base is not None else None
-            stacked, base_work = self.stack.load([mats[i][span] for i in self.vectors], base)
-            yield span, stacked, base_work
+        step = max(1, CHUNK_ELEMENTS // scale // max(1, cols))
+        return mats, [slice(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+    def load(self, mats: list[torch.Tensor], span: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stacked vectors (and the base) of one chunk, in this thread's buffers."""
+        base = mats[self.base][span] if self.base is not None else None
+        return self.stack().load([mats[i][span] for i in self.vectors], base)
 
     def collect(self, pass_index: int, block: MergeInputs) -> None:
         if self.mode == "flat":
-            for _, stacked, _ in self.chunks(block):
-                self.fold.add(row_gram(stacked))
+            mats, spans = self.spans(block)
+            grams = spread(lambda run: [row_gram(self.load(mats, span)[0]) for span in run], spans)
+            if grams:
+                self.fold.add(torch.cat(grams))
             return
         k = len(self.vectors)  # columns: every element's products, folded down the rows in float64
-        for _, stacked, _ in self.chunks(block, CHUNK_ELEMENTS // (4 * k * k)):
-            wide = stacked.to(torch.float64)
+        mats, spans = self.spans(block, 4 * k * k)
+        for span in spans:
+            wide = self.load(mats, span)[0].to(torch.float64)
             self.fold.add(wide.unsqueeze(2) * wide.unsqueeze(1))  # (rows, k, k, cols)
 
     def gram(self) -> torch.Tensor:
@@ -177,24 +250,33 @@ class GramBlocks:
             return torch.zeros(1, k, k, dtype=torch.float64)
         return symmetric(total.unsqueeze(0) if self.mode == "flat" else total.permute(2, 0, 1))
 
+    def prepare(self) -> None:
+        """Solve for the coefficients once the statistics are complete (on the calling thread)."""
+        if self.terms is None and self.mode != "rows":
+            solved = self.solve(self.gram())
+            # flat: plain numbers; columns: one coefficient per column, broadcast down the rows
+            self.terms = solved[0].tolist() if self.mode == "flat" else list(solved.to(self.work).unbind(1))
+
     def merge(self, block: MergeInputs) -> torch.Tensor:
         first = block.tensors[self.vectors[0]]
         out = torch.empty(first.shape, dtype=first.dtype, device=first.device)
         if out.numel() == 0:
             return out
-        if self.terms is None and self.mode != "rows":
-            solved = self.solve(self.gram())
-            # flat: plain numbers; columns: one coefficient per column, broadcast down the rows
-            self.terms = solved[0].tolist() if self.mode == "flat" else list(solved.to(self.stack.work).unbind(1))
+        self.prepare()
+        mats, spans = self.spans(block)
         out_rows = matrix_view(out, self.mode)
-        for span, stacked, base_work in self.chunks(block):
-            terms = self.terms
-            if self.mode == "rows":
-                wide = stacked.to(torch.float64) if self.refine else stacked
-                solved = self.solve(symmetric(row_gram(wide).to(torch.float64)))
-                terms = list(solved.to(stacked.dtype).unsqueeze(-1).unbind(1))  # (rows, 1) each
-            combine(stacked, terms, base_work, out_rows[span])  # type: ignore[arg-type]
+        spread(lambda run: [self.merge_chunk(mats, span, out_rows[span]) for span in run], spans)
         return out
+
+    def merge_chunk(self, mats: list[torch.Tensor], span: slice, out: torch.Tensor) -> None:
+        """One chunk of output rows, written into ``out``."""
+        stacked, base_work = self.load(mats, span)
+        terms = self.terms
+        if self.mode == "rows":
+            wide = stacked.to(torch.float64) if self.refine else stacked
+            solved = self.solve(symmetric(row_gram(wide).to(torch.float64)))
+            terms = list(solved.to(stacked.dtype).unsqueeze(-1).unbind(1))  # (rows, 1) each
+        combine(stacked, terms, base_work, out)  # type: ignore[arg-type]
 
 
 class Select:

@@ -18,7 +18,12 @@ import math
 import torch
 
 from mergehub.maths.rowsums import RowSums
-from mergehub.maths.taskarith import Consensus, combine, split_base
+from mergehub.maths.taskarith import (
+    Consensus,
+    combine_weighted,
+    split_base,
+    task_weights,
+)
 from mergehub.maths.topk import SHORT, RankWindow, as_factor, passes_for
 from mergehub.plugin.specs import MergeInputs
 
@@ -57,13 +62,16 @@ class OutlierBlocks:
         self.scales: list[float | None] | None = None
 
     def sparse(self, i: int, delta: torch.Tensor, offset: int) -> torch.Tensor:
-        """δᵢ with the entries outside its rank window set to 0; blocks come in row order, offset 0 starts a pass."""
+        """δᵢ (owned by the caller, overwritten) with the entries outside its rank window set to 0, as δᵢ·0.
+
+        Blocks come in row order; offset 0 starts a pass.
+        """
         selector = self.windows[i]
         if selector is None:
             return delta
         if offset == 0:
             selector.rewind()
-        return delta * as_factor(selector.mask(delta), delta.dtype)
+        return delta.mul_(as_factor(selector.mask(delta), delta.dtype))
 
     def collect(self, pass_index: int, block: MergeInputs) -> None:
         base, others, _ = split_base(block)
@@ -85,12 +93,16 @@ class OutlierBlocks:
             return base
         if self.scales is None:
             self.scales = [self.scale(i) for i in range(len(others))]
-        kept = []
+        deltas: list[torch.Tensor] = []
+        weights: list[torch.Tensor] = []
         for i, tensor in enumerate(others):
             sparse = self.sparse(i, tensor - base, block.offset)
             scale = self.scales[i]
-            kept.append(sparse if scale is None else sparse * torch.tensor(scale, dtype=sparse.dtype))
-        return combine(base, kept, params, self.shared, self.consensus)
+            if scale is not None:
+                sparse.mul_(torch.tensor(scale, dtype=sparse.dtype))
+            weights.append(task_weights([params[i]], sparse)[0])
+            deltas.append(sparse.mul_(weights[-1]))  # each step rounds as combine's out-of-place kernels would
+        return combine_weighted(base, deltas, weights, self.shared, self.consensus)
 
     def scale(self, i: int) -> float | None:
         """‖δᵢ‖₁ / ‖dᵢ‖₁ when rescaling (None: no rescale, or either norm below 1e-7)."""

@@ -150,18 +150,24 @@ def karcher_solve(max_iter: int = 10, tol: float = 1e-5) -> Solve:
 
 class KarcherBlocks(GramBlocks):
     """karcher's merger: the mean direction m = Σ cᵢxᵢ from :func:`karcher_solve`, rounded to the inputs'
-    dtype, then scaled by Σ αᵢnᵢ (float32 norms) in that dtype, as the reference's last step does."""
+    dtype, then scaled by Σ αᵢnᵢ (float32 norms) in that dtype, as the reference's last step does.
+
+    The scale is applied to each chunk right after it is formed (on the worker, while it is in cache),
+    rounded to the inputs' dtype first: ``scale * direction`` with a 0-dim float32 ``scale`` rounds it so.
+    """
 
     scale: torch.Tensor | None = None
 
-    def merge(self, block: MergeInputs) -> torch.Tensor:
-        direction = super().merge(block)
+    def prepare(self) -> None:
+        super().prepare()
         if self.scale is None:
-            work = torch.float64 if direction.dtype == torch.float64 else torch.float32
-            norms = rounded(torch.diagonal(self.gram()[0]), work, sqrt=True)
+            norms = rounded(torch.diagonal(self.gram()[0]), self.work, sqrt=True)
             alpha = 1.0 / len(self.vectors)
             self.scale = sum(alpha * n for n in norms.unbind())  # type: ignore[assignment]
-        return self.scale * direction
+
+    def merge_chunk(self, mats: list[torch.Tensor], span: slice, out: torch.Tensor) -> None:
+        super().merge_chunk(mats, span, out)
+        out.mul_(self.scale.to(out.dtype))  # type: ignore[union-attr]
 
 
 def slerp_blocks(meta: MergeInputs) -> GramBlocks | Select:

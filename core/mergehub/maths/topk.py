@@ -162,25 +162,25 @@ class RankWindow:
         if self.stop <= self.start:
             return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
         (top, top_ties), (floor, floor_ties) = self.cuts  # top >= floor
-        bits = magnitude_bits(values)
+        magnitudes = Above(values, floor) if values.dtype in SHORT else Bits(values)
         if self.start == 0:
-            keep = bits > floor
+            keep = magnitudes.between(floor, None)
         elif top > floor:
             resolved = self.seen.get(top, 0) >= top_ties  # every tie the top set wants has gone by
-            keep = (bits > floor) & ((bits <= top) if resolved else (bits < top))
+            keep = magnitudes.between(floor, top + 1 if resolved else top)
             if not resolved:
-                self._ties(bits, keep, top, top_ties, math.inf)
+                self._ties(magnitudes, keep, top, top_ties, math.inf)
         else:
-            keep = torch.zeros_like(bits, dtype=torch.bool)
-        self._ties(bits, keep, floor, top_ties if top == floor else 0, floor_ties)
+            keep = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+        self._ties(magnitudes, keep, floor, top_ties if top == floor else 0, floor_ties)
         return keep.reshape(values.shape)
 
-    def _ties(self, bits: torch.Tensor, keep: torch.Tensor, value: int, first: float, stop: float) -> None:
+    def _ties(self, magnitudes: Bits | Above, keep: torch.Tensor, value: int, first: float, stop: float) -> None:
         """Keep the entries equal to ``value`` whose rank among equals (in row order) is in [first, stop)."""
         seen = self.seen.get(value, 0)
         if seen >= stop:
             return
-        tied = bits == value
+        tied = magnitudes.equal(value)
         count = int(torch.count_nonzero(tied))
         if first <= seen and seen + count <= stop:  # the whole block's ties are inside: no positions needed
             keep |= tied
@@ -209,6 +209,53 @@ class RankWindow:
         patterns = torch.arange(half, dtype=torch.int32).to(torch.int16)
         values = patterns.view(self.dtype).double()  # type: ignore[arg-type]
         return _weighted_sum(counts, values), _weighted_sum(kept, values)
+
+
+class Bits:
+    """The magnitudes of a block as :func:`magnitude_bits`, compared with pattern thresholds (any dtype)."""
+
+    def __init__(self, values: torch.Tensor):
+        self.bits = magnitude_bits(values)
+
+    def between(self, floor: int, upper: int | None) -> torch.Tensor:
+        """floor < magnitude < upper (no upper bound when None), flattened."""
+        keep = self.bits > floor
+        return keep if upper is None else keep.logical_and_(self.bits <= upper - 1)  # upper may be 2¹⁵: not an int16
+
+    def equal(self, value: int) -> torch.Tensor:
+        return self.bits == value
+
+
+class Above:
+    """16-bit magnitudes m as one int16 key per entry, k = 2·(m − floor − 1) − 32768 wrapped to 16 bits.
+
+    The key is one kernel, ``C + 2·pattern`` in int16: doubling drops the sign bit (m and −m give
+    the same key) and the constant shifts ``floor < m`` to the bottom of the signed range, so
+    ``floor < m < upper`` is the single comparison ``k < 2·(upper − floor − 1) − 32768``. That
+    replaces |x|, two comparisons and their conjunction, with the same mask (for upper ≤ 2¹⁵ the
+    wrapped values of m ≤ floor land above every kept key).
+    """
+
+    def __init__(self, values: torch.Tensor, floor: int):
+        self.floor = floor
+        shift = torch.tensor(_int16(-2 * (floor + 1) - 32768), dtype=torch.int16, device=values.device)
+        self.keys = torch.add(shift, values.reshape(-1).view(torch.int16), alpha=2)
+
+    def between(self, floor: int, upper: int | None) -> torch.Tensor:
+        """floor < magnitude < upper (no upper bound when None), flattened; ``floor`` is the constructor's."""
+        assert floor == self.floor
+        limit = 2 * ((upper if upper is not None else BINS // 2) - floor - 1) - 32768
+        if limit <= -32768:  # an empty range (the limit would wrap as an int16 scalar)
+            return torch.zeros(self.keys.shape, dtype=torch.bool, device=self.keys.device)
+        return self.keys < limit
+
+    def equal(self, value: int) -> torch.Tensor:
+        return self.keys == _int16(2 * (value - self.floor - 1) - 32768)
+
+
+def _int16(value: int) -> int:
+    """``value`` wrapped to a signed 16-bit integer, as int16 arithmetic wraps."""
+    return (value + 32768) % 65536 - 32768
 
 
 def _top_counts(counts: torch.Tensor, threshold: int, ties: int) -> torch.Tensor:

@@ -38,6 +38,14 @@ def merge(inputs: MergeInputs) -> torch.Tensor:
     return merge_whole(FusionBlocks(inputs), inputs)
 
 
+def importance_of(magnitude: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+    """|δ|·KL, written over ``magnitude`` = |δ| (owned by the caller) when the shapes allow: the same
+    bytes as ``magnitude * kl`` without allocating (in-place kernels run about twice as fast)."""
+    if magnitude.shape != torch.broadcast_shapes(magnitude.shape, kl.shape):  # a scalar against its 1-element KL
+        return magnitude * kl
+    return magnitude.mul_(kl)
+
+
 class FusionBlocks:
     """One pass for the per-row KL and the quantile sample, then the merge pass."""
 
@@ -70,10 +78,10 @@ class FusionBlocks:
         count = base.numel()
         where = self.sample.positions(start, count)
         if where is None:
-            importance = (other - base).abs() * kl
+            importance = importance_of((other - base).abs_(), kl)
         else:  # the same elementwise maths, at the sampled entries only; kl holds one value per row
             width = base.shape[-1] if base.dim() else 1
-            importance = (other.reshape(-1)[where] - base.reshape(-1)[where]).abs() * kl.reshape(-1)[where // width]
+            importance = importance_of((other.reshape(-1)[where] - base.reshape(-1)[where]).abs_(), kl.reshape(-1)[where // width])
         self.sample.add(start, count, importance)
 
     def finish(self) -> None:
@@ -91,5 +99,6 @@ class FusionBlocks:
             self.finish()
         kl = self.kl if self.vector else self.kl[block.offset:block.offset + base.shape[0]]  # type: ignore[index]
         delta = other - base
-        keep = (delta.abs() * kl >= self.threshold).reshape(delta.shape)  # a scalar was read as one 1-element row
+        keep = importance_of(delta.abs(), kl) >= self.threshold
+        keep = keep.reshape(delta.shape)  # a scalar was read as one 1-element row
         return torch.addcmul(base, delta, as_factor(keep, delta.dtype))  # B + δ·keep in one kernel: δ·keep is exact

@@ -47,7 +47,8 @@ def variance(deltas: list[torch.Tensor]) -> torch.Tensor:
     dtype = deltas[0].dtype
     work = torch.float32 if dtype in SHORT else torch.float64
     if len(deltas) == 2:
-        return (deltas[0].to(work) - deltas[1].to(work)).square_().mul_(0.25).to(dtype)  # mixed dtypes run slower
+        difference = deltas[0].to(work)
+        return difference.sub_(deltas[1].to(work)).square_().mul_(0.25).to(dtype)  # mixed dtypes run slower
     values = [d.to(work) for d in deltas]
     mean = stacked_sum(values).div_(len(values))
     spread = torch.zeros_like(mean)
@@ -84,7 +85,7 @@ class SceBlocks:
             self.selector.collect(pass_index, spread)  # type: ignore[union-attr]
             return
         for i, delta in enumerate(self.selected(block, deltas)):
-            self.energy.put(i, block.offset, delta.square())
+            self.energy.put(i, block.offset, delta.square_())
 
     def settle(self, dtype: torch.dtype) -> None:
         """Once the variance is counted: k = ⌊select_topk·#(v ≠ 0)⌋, the product in float32 as in mergekit."""
@@ -93,7 +94,10 @@ class SceBlocks:
             self.k = self.selector.k = int(torch.tensor(nonzero) * self.fraction)
 
     def selected(self, block: MergeInputs, deltas: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The task vectors with every entry outside the variance's top k set to 0 (as x·0, like mergekit's mask)."""
+        """The task vectors with every entry outside the variance's top k set to 0 (as x·0, like mergekit's mask).
+
+        ``deltas`` are owned by the caller and overwritten (in-place kernels run about twice as fast).
+        """
         if self.selector is None:
             return deltas
         self.settle(deltas[0].dtype)
@@ -102,7 +106,7 @@ class SceBlocks:
         if block.offset == 0:  # a new pass over the tensor: equal variances are counted from the start again
             self.selector.ties_seen = 0
         keep = as_factor(self.selector.mask(variance(deltas)), deltas[0].dtype)
-        return [d * keep for d in deltas]
+        return [d.mul_(keep) for d in deltas]
 
     def merge(self, block: MergeInputs) -> torch.Tensor:
         base, others, _ = split_base(block)
@@ -113,12 +117,13 @@ class SceBlocks:
         deltas = self.selected(block, [t - base for t in others])
         # The agreeing part of Tᵢ is σ·max(σ·Tᵢ, 0): the roundings of mergekit's masks (cᵢ·Tᵢ, then sums
         # over the models) in a few kernels.
-        sigma, agreeing = elect(deltas)
+        sigma, agreeing = elect(deltas, in_place=True)
         weights = self.coefficients.unbind()
-        mixed = stacked_sum([a * c for a, c in zip(agreeing, weights)])
         # cᵢ where Tᵢ agrees: a 0/1 factor of the dtype times cᵢ (a bool·bfloat16 product runs four times slower)
-        divisor = stacked_sum([as_factor(a > 0, a.dtype) * c for a, c in zip(agreeing, weights)]).clamp_(min=1e-6)
-        return torch.addcmul(base, mixed.div_(divisor), sigma)  # B + σ·(Σ/divisor), rounded once as B + x is
+        agrees = [as_factor(a > 0, a.dtype).mul_(c) for a, c in zip(agreeing, weights)]
+        mixed = stacked_sum([a.mul_(c) for a, c in zip(agreeing, weights)], in_place=True)
+        divisor = stacked_sum(agrees, in_place=True).clamp_(min=1e-6)
+        return torch.addcmul(base, mixed.div_(divisor), sigma, out=mixed)  # B + σ·(Σ/divisor), rounded once as B + x is
 
     def weights(self, models: int, dtype: torch.dtype) -> torch.Tensor:
         """cᵢ = mean(Tᵢ²)/Σⱼ mean(Tⱼ²), each mean summed per row in float64 and rounded to the dtype."""
