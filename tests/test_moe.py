@@ -202,3 +202,27 @@ def test_bad_moe_recipes_get_one_clear_error_and_leave_nothing(case, sources, tm
         assert f"moe.yml:{line}" in result.flat, result.output
     assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["moe.yml"]  # nothing written, nothing half-written
+
+
+def test_validate_and_plan_understand_moe_recipes(sources, tmp_path):
+    (tmp_path / "moe.yml").write_text(recipe(sources, mode="cheap_embed"))
+    checked = run_cli("validate", tmp_path / "moe.yml")
+    assert checked.returncode == 0, checked.output
+    assert "mixtral MoE of 3 experts (2 per token, gates from cheap_embed) → 2 layers, 21 tensors" in checked.flat
+    import json
+
+    planned = run_cli("plan", tmp_path / "moe.yml", "--json")
+    assert planned.returncode == 0, planned.output
+    figures = json.loads(planned.stdout)
+    result = assemble(tmp_path, recipe(sources, mode="cheap_embed"), name="real")
+    assert result.returncode == 0, result.output
+    written = sum(p.stat().st_size for p in (tmp_path / "real").glob("*.safetensors"))
+    assert figures["tensors"] == len(load_state(tmp_path / "real"))
+    assert 0 < written - figures["write_bytes"] < 4096  # the file adds only its JSON header
+    bad = run_cli("validate", write_bad(tmp_path, recipe(sources, per_token=5)))
+    assert bad.returncode == 1 and "experts_per_token is 5" in bad.flat, bad.output
+
+
+def write_bad(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "bad.yml").write_text(text)
+    return tmp_path / "bad.yml"

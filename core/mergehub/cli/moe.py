@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from mergehub.cli.common import add_config_argument, parse_size, registry
 from mergehub.cli.render import err, progress_bar
@@ -27,6 +28,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-identical-experts", "--i-understand-this-is-not-useful-without-training",
                         dest="allow_identical", action="store_true",
                         help="allow every expert to be the same model (useful only as a starting point for training)")
+
+
+def is_moe_recipe(documents: list) -> bool:
+    """A one-document recipe with ``experts`` and no ``merge_method`` is an MoE recipe (for validate and plan)."""
+    data = documents[0].data if len(documents) == 1 else None
+    return isinstance(data, dict) and "experts" in data and "merge_method" not in data
+
+
+def moe_figures(plan: Any) -> dict[str, Any]:
+    """What an assembly reads, writes and holds: the same figures ``plan`` gives merges."""
+    from mergehub.common import dtypes
+    from mergehub.run.moe import CHUNK_ELEMENTS
+
+    pieces = [p for t in plan.tensors for p in t.pieces if p.model is not None]
+    read = sum(dtypes.nbytes(p.dtype, p.shape) for p in pieces)
+    model = sum(dtypes.nbytes("bfloat16", p.shape) for t in plan.tensors for p in t.pieces if p.model == 0)
+    hidden = model if plan.recipe.gate_mode == "hidden" else 0  # the base model, loaded once for its hidden states
+    return {"format": plan.format.name, "experts": len(plan.recipe.experts), "shared": len(plan.recipe.shared),
+            "experts_per_token": plan.recipe.experts_per_token, "gate_mode": plan.recipe.gate_mode,
+            "layers": plan.num_layers, "tensors": len(plan.tensors), "read_bytes": read,
+            "write_bytes": plan.bytes_to_write(), "peak_memory_bytes": hidden + 3 * 4 * CHUNK_ELEMENTS}
+
+
+def check(config: Path, allow_identical: bool = False) -> dict[str, Any]:
+    """Validate and plan an MoE recipe (headers only); its figures."""
+    from mergehub.plan.moe import make_moe_plan
+    from mergehub.recipe.moe import load_moe_recipe
+
+    plan = make_moe_plan(load_moe_recipe(read_recipe_file(config)[0], allow_identical), registry())
+    plan.close()
+    return moe_figures(plan)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from mergehub.cli.common import (
     parse_size,
     registry,
 )
+from mergehub.cli.moe import check, is_moe_recipe
 from mergehub.cli.render import out
 from mergehub.maths.blocks import DEFAULT_MAX_MEMORY
 from mergehub.recipe.yamlsource import read_recipe_file
@@ -43,9 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from mergehub.run.options import default_intermediate
     from mergehub.run.runner import fingerprints
 
+    documents = read_recipe_file(args.config)
+    if is_moe_recipe(documents):
+        return moe_plan(args)
     reg = registry()
     target: Path = args.out or Path("merged") / args.config.stem
-    stages = split_stages(read_recipe_file(args.config), target, args.intermediate_dir or default_intermediate(target))
+    stages = split_stages(documents, target, args.intermediate_dir or default_intermediate(target))
     plan_stages(stages, reg, args.allow_crimes, args.trust_remote_code)
     prints = fingerprints(stages, reg, args.seed)
     rows = []
@@ -75,4 +79,19 @@ def run(args: argparse.Namespace) -> int:
               f"write {gb(total['write_bytes'])}; peak memory of the maths ≤ {gb(total['peak_memory_bytes'])} "
               f"(Python and torch themselves take ~150 MB more); "
               f"time ~{total['seconds']:.0f} s (rough)")
+    return 0
+
+
+def moe_plan(args: argparse.Namespace) -> int:
+    """The figures of an MoE recipe (``mergehub moe``)."""
+    figures = check(args.config, allow_identical=True)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return 0
+    out.print(f"MoE plan for {args.config}: {figures['format']}, {figures['experts']} experts "
+              f"({figures['experts_per_token']} per token" + (f", {figures['shared']} shared" if figures["shared"] else "")
+              + f"), gates from {figures['gate_mode']}; {figures['layers']} layers, {figures['tensors']} tensors; "
+              f"read {gb(figures['read_bytes'])}, write {gb(figures['write_bytes'])} (disk for the output); "
+              f"peak memory ≤ {gb(figures['peak_memory_bytes'])}"
+              + (" (the base model, loaded once for hidden-state gates)" if figures["gate_mode"] == "hidden" else ""))
     return 0

@@ -10,6 +10,7 @@ from mergehub.cli.common import (
     add_model_options,
     registry,
 )
+from mergehub.cli.moe import check, is_moe_recipe
 from mergehub.cli.render import out, warn
 from mergehub.plan.planner import Plan
 from mergehub.recipe.yamlsource import read_recipe_file
@@ -30,9 +31,16 @@ def summary(plan: Plan) -> str:
 def run(args: argparse.Namespace) -> int:
     from mergehub.plan.stages import plan_stages, split_stages, stage_warnings
 
+    documents = read_recipe_file(args.config)
+    if is_moe_recipe(documents):
+        figures = check(args.config)
+        out.print(f"[green]ok[/green] {args.config}: {figures['format']} MoE of {figures['experts']} experts "
+                  f"({figures['experts_per_token']} per token, gates from {figures['gate_mode']}) → {figures['layers']} "
+                  f"layers, {figures['tensors']} tensors, {figures['write_bytes'] / 1e6:.1f} MB")
+        return 0
     reg = registry()
     stem = args.config.stem
-    stages = split_stages(read_recipe_file(args.config), Path("merged") / stem, Path("merged") / f"{stem}.stages")
+    stages = split_stages(documents, Path("merged") / stem, Path("merged") / f"{stem}.stages")
     plan_stages(stages, reg, args.allow_crimes, args.trust_remote_code)  # one stage: its own plain report
     for message in stage_warnings(stages):
         warn(message)

@@ -33,7 +33,7 @@ class Mixtral:
         config.num_local_experts = experts
         config.num_experts_per_tok = experts_per_token
         config.sliding_window = base.get("sliding_window")  # Llama has none; a Mistral's window is kept
-        return config.to_dict()
+        return config.to_diff_dict()  # as save_pretrained writes it (mergekit-moe writes the same)
 
     def tensors(self, base: dict[str, Any], names: list[str], experts: int, shared: int) -> list[MoETensor]:
         return expert_layout(names, experts)

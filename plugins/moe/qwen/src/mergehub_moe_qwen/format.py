@@ -28,7 +28,7 @@ def _common(config: Any, base: dict[str, Any], experts: int, experts_per_token: 
     config.mlp_only_layers = []
     config.norm_topk_prob = True
     config.moe_intermediate_size = base["intermediate_size"]
-    return config.to_dict()
+    return config.to_diff_dict()  # as save_pretrained writes it (mergekit-moe writes the same)
 
 
 class Qwen3Moe:
