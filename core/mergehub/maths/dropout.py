@@ -8,12 +8,30 @@ value per row, added up exactly with :func:`math.fsum`), so the factor does not 
 the blocks start; the merge pass draws the masks again, rescales and combines
 (:func:`mergehub.maths.taskarith.combine`). Arithmetic stays in the inputs' dtype (float32 for float16,
 whose masks mergekit draws and applies in float32).
+
+Threads: a block is cut into pieces of whole rows (:data:`PIECE_ELEMENTS`) and the pieces are
+worked through, start to end (task vectors, masks, row sums, combining), by a pool of
+:data:`THREADS` workers while the calling thread waits for them. Most of the work is numpy
+(PCG64 lanes, DELLA's per-row sort and scatter by rank), which has no threads of its own, so
+this is what puts DARE and DELLA on every core. Each worker runs torch single-threaded (the pool
+sets its threads' intra-op count to 1 when it starts them, then restores the caller's setting):
+nested OpenMP teams on every worker would oversubscribe the cores and wait at each other's
+barriers. A piece's results depend only on (seed, model, flat indices) and go to its own rows of
+the sums, every worker reads its own copy of a lane generator
+(:class:`~mergehub.maths.randstream.LaneStream`), and merged pieces are joined in row order, so
+the bytes do not depend on the number of threads. Shared state a piece reads (rescale factors,
+the masks of small and 1-D tensors) is made on the calling thread before the pieces start.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +48,60 @@ PIECE_ELEMENTS = 1 << 18
 #: A tensor whose keep masks, one bit per element and model, fit in this many bytes keeps the masks the
 #: rescale pass drew for the merge pass instead of drawing them again (drawing is most of DELLA's time).
 MASK_CACHE_BYTES = 1 << 22
+#: Worker threads for the pieces of a block (1: work on the calling thread).
+THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+T = TypeVar("T")
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child: the workers were not copied, so a new pool is started when needed."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _single_threaded_torch() -> None:
+    """Pool initializer: this thread's torch ops run on it alone (see the module docstring).
+
+    ``get_num_threads`` first, so that torch's lazy per-thread set-up does not later undo the 1.
+    """
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+def pool() -> ThreadPoolExecutor:
+    """The piece workers, all started now, each with single-threaded torch; the caller's torch
+    thread setting (which ``set_num_threads`` also writes for threads started later) is restored."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            threads = torch.get_num_threads()
+            workers = ThreadPoolExecutor(THREADS, thread_name_prefix="mergehub-dropout",
+                                         initializer=_single_threaded_torch)
+            started = threading.Barrier(THREADS)  # one task per worker: every thread is started and set up
+            list(workers.map(lambda _: started.wait(), range(THREADS)))
+            torch.set_num_threads(threads)
+            _pool = workers
+    return _pool
+
+
+def each_piece(work: Callable[[MergeInputs], T], pieces: list[MergeInputs]) -> list[T]:
+    """``work`` applied to every piece, on the workers when there are several; results in order."""
+    if THREADS <= 1 or len(pieces) <= 1:
+        return [work(piece) for piece in pieces]
+    return list(pool().map(work, pieces))
+
+
+def as_mask(keep: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """A numpy bool mask as a 0/1 uint8 tensor shaped and placed like ``like`` (multiplying by it
+    is multiplying by 0.0 or 1.0, without a conversion kernel)."""
+    return torch.from_numpy(keep.view(np.uint8)).view(like.shape).to(like.device)
 
 
 class DropBlocks:
@@ -61,8 +133,12 @@ class DropBlocks:
             {} if drawn and self.numel * drawn <= 8 * MASK_CACHE_BYTES else None
 
     def keep(self, i: int, start: int, delta: torch.Tensor) -> torch.Tensor:
-        """Model ``i``'s keep mask (0/1 in the working dtype) for the block of ``delta`` starting at flat ``start``."""
+        """Model ``i``'s keep mask (0/1) for the block of ``delta`` starting at flat ``start``."""
         raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Make, on the calling thread, what the pieces of a block read (the workers must not race
+        to make it)."""
 
     def block_deltas(self, block: MergeInputs) -> tuple[torch.Tensor, list[torch.Tensor], list[dict], int]:
         """The base, the task vectors δᵢ and parameters of a block, and the flat index it starts at."""
@@ -70,28 +146,32 @@ class DropBlocks:
         return base, [torch.sub(x, base) for x in others], params, block.offset * self.row_elements
 
     def collect(self, pass_index: int, block: MergeInputs) -> None:
-        for piece in self.pieces_of(block):
-            base, others, _ = split_base(piece)
-            start = piece.offset * self.row_elements
-            for i, tensor in enumerate(others):
-                if self.l1[i] is not None:
-                    delta = torch.sub(tensor, base)
-                    keep = self.keep(i, start, delta)
-                    self.remember(i, start, keep)
-                    self.accumulate(i, start, delta, keep)
+        self.prepare()
+        each_piece(self.collect_piece, self.pieces_of(block))
+
+    def collect_piece(self, piece: MergeInputs) -> None:
+        """Pass 0 over one piece: draw each model's mask and sum its rows before and after dropping."""
+        base, others, _ = split_base(piece)
+        start = piece.offset * self.row_elements
+        for i, tensor in enumerate(others):
+            if self.l1[i] is not None:
+                delta = torch.sub(tensor, base)
+                keep = self.keep(i, start, delta)
+                self.remember(i, start, keep)
+                self.accumulate(i, start, delta, keep)
 
     def remember(self, i: int, start: int, keep: torch.Tensor) -> None:
         """Keep a piece's mask, packed to one bit per element, for the merge pass (small tensors only)."""
         if self.cached is not None and keep.device.type == "cpu":
-            self.cached[(i, start)] = np.packbits(torch.ne(keep, 0).numpy().reshape(-1))
+            bits = keep if keep.dtype in (torch.uint8, torch.bool) else torch.ne(keep, 0)
+            self.cached[(i, start)] = np.packbits(bits.contiguous().numpy().reshape(-1).view(np.bool_))
 
     def recall(self, i: int, start: int, delta: torch.Tensor) -> torch.Tensor:
         """Model ``i``'s keep mask for a piece: the one the rescale pass remembered, else drawn again."""
         packed = self.cached.pop((i, start), None) if self.cached is not None else None
         if packed is None:
             return self.keep(i, start, delta)
-        bits = np.unpackbits(packed, count=delta.numel())
-        return torch.from_numpy(bits).view(delta.shape).to(self.work)
+        return torch.from_numpy(np.unpackbits(packed, count=delta.numel())).view(delta.shape).to(delta.device)
 
     def pieces_of(self, block: MergeInputs) -> list[MergeInputs]:
         """``block`` cut into pieces of whole rows of about :data:`PIECE_ELEMENTS` (all results are per row)."""
@@ -122,12 +202,13 @@ class DropBlocks:
         return self.factors
 
     def merge(self, block: MergeInputs) -> torch.Tensor:
-        pieces = self.pieces_of(block)
-        if len(pieces) == 1:
-            return self.merge_piece(block)
-        return torch.cat([self.merge_piece(piece) for piece in pieces])
+        self.prepare()
+        self.rescale_factors()
+        merged = each_piece(self.merge_piece, self.pieces_of(block))
+        return merged[0] if len(merged) == 1 else torch.cat(merged)
 
     def merge_piece(self, block: MergeInputs) -> torch.Tensor:
+        """The output rows of one piece: drop, rescale and combine its task vectors."""
         base, deltas, params, start = self.block_deltas(block)
         if not deltas:
             return base
@@ -155,12 +236,16 @@ class DareBlocks(DropBlocks):
         self.probabilities = probabilities
         self.masks: list[torch.Tensor | None] | None = None
 
+    def prepare(self) -> None:
+        if self.small:
+            self.small_masks()
+
     def keep(self, i: int, start: int, delta: torch.Tensor) -> torch.Tensor:
         n = delta.numel()
         if self.small:
             return self.small_masks()[i].reshape(-1)[start : start + n].view(delta.shape)  # type: ignore[union-attr]
-        lanes = self.streams[i].lanes(start, n).view(delta.shape).to(self.device)  # type: ignore[union-attr]
-        return torch.lt(lanes, self.bounds[i], out=torch.empty(delta.shape, dtype=self.work, device=self.device))
+        lanes = self.streams[i].lanes_array(start, n)  # type: ignore[union-attr]
+        return as_mask(randstream.keep_lanes(lanes, self.bounds[i]), delta)
 
     def small_masks(self) -> list[torch.Tensor | None]:
         if self.masks is None:  # model after model from the tensor's generator, as torch.bernoulli draws them
@@ -191,6 +276,9 @@ class DellaBlocks(DropBlocks):
         self.pieces: list[list[torch.Tensor]] = [[] for _ in self.params]
         self.masks: list[torch.Tensor | None] | None = None
         self.passes = 1 if self.gather or self.rescale else 0
+        self.bounds = [None if t is None else randstream.thresholds(t).numpy() for t in self.tables]
+        piece_rows = max(1, PIECE_ELEMENTS // self.row_elements) * (self.row_elements // self.row_length)
+        self.tiles = [None if b is None or self.gather else np.tile(b, piece_rows) for b in self.bounds]
 
     def collect(self, pass_index: int, block: MergeInputs) -> None:
         if not self.gather:
@@ -216,14 +304,22 @@ class DellaBlocks(DropBlocks):
         return torch.bernoulli(probability, generator=self.generator).view(delta.shape).to(self.device)
 
     def draw_rows(self, i: int, start: int, delta: torch.Tensor) -> torch.Tensor:
-        bounds = ranked(delta.abs(), randstream.thresholds(self.tables[i]), self.row_length)  # type: ignore[arg-type]
-        lanes = self.streams[i].lanes(start, delta.numel()).view(bounds.shape)  # type: ignore[union-attr]
-        return torch.lt(lanes, bounds, out=torch.empty(bounds.shape, dtype=self.work)).view(delta.shape).to(self.device)
+        """Model ``i``'s keep mask for whole rows of ``delta`` starting at flat ``start``: each entry's
+        lane against the bound of its magnitude rank."""
+        keys = magnitude_keys(delta.abs().reshape(-1, self.row_length))
+        bounds = by_rank(keys, self.tiled(i, keys.shape[0]))
+        return as_mask(randstream.keep_lanes(self.streams[i].lanes_array(start, keys.size), bounds), delta)  # type: ignore[union-attr]
 
     def keep(self, i: int, start: int, delta: torch.Tensor) -> torch.Tensor:
         if self.gather:
             return self.masks[i].reshape(-1)[start : start + delta.numel()].view(delta.shape)  # type: ignore[index]
         return self.draw_rows(i, start, delta)
+
+    def tiled(self, i: int, rows: int) -> np.ndarray:
+        """Model ``i``'s lane bounds by rank, repeated for (at least) ``rows`` rows: made once for
+        whole pieces, before any worker reads them; only a 1-D tensor's whole row is tiled here."""
+        tile = self.tiles[i]
+        return tile if tile is not None and tile.size >= rows * self.row_length else np.tile(self.bounds[i], rows)  # type: ignore[arg-type]
 
 
 def keep_probabilities(n: int, density: float, epsilon: float, dtype: torch.dtype) -> torch.Tensor:
@@ -248,18 +344,55 @@ def ranked(magnitude: torch.Tensor, table: torch.Tensor, n: int) -> torch.Tensor
 def magnitude_order(magnitude: torch.Tensor) -> torch.Tensor:
     """Per row, the column indices by increasing magnitude, equal ones by index (a stable sort).
 
-    Non-negative floats order like their bit patterns, so numpy's radix sort of 16-bit keys does
-    the work (about ten times faster than ``torch.sort``); 32-bit keys take two radix passes.
+    Non-negative floats order like their bit patterns, so the sort is of integer keys (see
+    :func:`sorted_columns`), many times faster than ``torch.sort``.
     """
+    return torch.from_numpy(sorted_columns(magnitude_keys(magnitude)).astype(np.int64, copy=False))
+
+
+def magnitude_keys(magnitude: torch.Tensor) -> np.ndarray:
+    """The bit patterns of ``magnitude`` (on the CPU) as integers that order like the values when
+    they are non-negative: unsigned for 16 and 32 bits, int64 for 64."""
     bits = magnitude.detach().cpu().contiguous()
     if bits.element_size() == 2:
-        return torch.from_numpy(np.argsort(bits.view(torch.int16).numpy().view(np.uint16), axis=-1, kind="stable"))
+        return bits.view(torch.int16).numpy().view(np.uint16)
     if bits.element_size() == 4:
-        keys = bits.view(torch.int32).numpy().view(np.uint32)
-        order = np.argsort((keys & 0xFFFF).astype(np.uint16), axis=-1, kind="stable")
-        high = np.take_along_axis((keys >> 16).astype(np.uint16), order, axis=-1)
-        return torch.from_numpy(np.take_along_axis(order, np.argsort(high, axis=-1, kind="stable"), axis=-1))
-    return torch.from_numpy(np.argsort(bits.view(torch.int64).numpy(), axis=-1, kind="stable"))
+        return bits.view(torch.int32).numpy().view(np.uint32)
+    return bits.view(torch.int64).numpy()
+
+
+def sorted_columns(keys: np.ndarray) -> np.ndarray:
+    """Per row of ``keys``, the column indices by increasing key, equal keys by column.
+
+    Rather than a stable argsort (numpy's radix sort: two passes for 16 bits, four for 32), each
+    key is sorted with its column in the low bits, ``key << b | column``: these are distinct, so
+    any sort orders them the same way, and numpy's plain sort of 32- or 64-bit integers is a SIMD
+    sort, about twice as fast. Keys too wide for that (64-bit) fall back to the stable argsort.
+    """
+    n = keys.shape[-1]
+    shift = max(1, (n - 1).bit_length())
+    width = 8 * keys.itemsize + shift
+    if width > 64 or keys.dtype.kind != "u":
+        return np.argsort(keys, axis=-1, kind="stable")
+    dtype = np.uint32 if width <= 32 else np.uint64
+    composite = np.left_shift(keys, shift, dtype=dtype)
+    composite |= np.arange(n, dtype=dtype)
+    composite.sort(axis=-1)
+    composite &= dtype((1 << shift) - 1)
+    return composite
+
+
+def by_rank(keys: np.ndarray, tiled: np.ndarray) -> np.ndarray:
+    """``table[rank]`` for every entry of the rows of ``keys`` (flat), rank being its place by key
+    within its row and ``tiled`` the table repeated once per row."""
+    rows, n = keys.shape
+    index = sorted_columns(keys)
+    if index.dtype == np.uint32 and rows * n >= 1 << 32:
+        index = index.astype(np.uint64)
+    index += (np.arange(rows, dtype=index.dtype) * n)[:, None]  # row r's columns → flat indices
+    flat = torch.from_numpy(index.reshape(-1).astype(np.int64, copy=False))  # torch's scatter beats numpy's
+    values = torch.from_numpy(tiled[: rows * n])
+    return torch.empty(rows * n, dtype=values.dtype).scatter_(0, flat, values).numpy()
 
 
 def row_sums(values: torch.Tensor, rows: int) -> torch.Tensor:

@@ -7,6 +7,10 @@ starts; a 64-bit word gives four lanes, which makes a draw far cheaper than ``to
 (one serial Mersenne-Twister word per element). An entry is kept when its lane, read as an
 unsigned 16-bit ``u``, satisfies ``u/65536 < p``, the 16-bit analogue of torch's Bernoulli test.
 
+A :class:`LaneStream` may be read from several threads at once: each thread draws from its own
+copy of the generator (they all start in the same state), so what a range gets does not depend on
+which thread draws it.
+
 Tensors of at most :data:`SMALL_TENSOR` elements (norms, biases, tiny test models) are instead drawn
 whole, exactly as ``torch.bernoulli(p, generator)`` would, model after model from the tensor's
 generator: a mask that small costs nothing to hold.
@@ -15,6 +19,7 @@ generator: a mask that small costs nothing to hold.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -26,20 +31,33 @@ _OFFSET = 1 << 15  # lanes are read as int16: unsigned u is kept when signed u -
 
 
 class LaneStream:
-    """The uniform 16-bit lanes of one model's stream, for any range of flat indices."""
+    """The uniform 16-bit lanes of one model's stream, for any range of flat indices (thread-safe)."""
 
     def __init__(self, seed: int, slot: int):
-        self._bits = np.random.PCG64(np.random.SeedSequence([seed, slot]))
-        self._start = self._bits.state
+        self._seed = np.random.SeedSequence([seed, slot])
+        self._start = np.random.PCG64(self._seed).state
+        self._local = threading.local()  # one generator per thread: PCG64 is stateful, the lanes are not
+
+    def _generator(self) -> np.random.PCG64:
+        """This thread's generator, created at first use (from the same seed, so in the same state)."""
+        bits = getattr(self._local, "bits", None)
+        if bits is None:
+            bits = self._local.bits = np.random.PCG64(self._seed)
+        return bits
+
+    def lanes_array(self, start: int, count: int) -> np.ndarray:
+        """Lanes ``start .. start+count`` as an int16 array (lane value minus 32768)."""
+        bits = self._generator()
+        bits.state = self._start
+        bits.advance(start // LANES_PER_WORD)
+        skip = start % LANES_PER_WORD
+        words = bits.random_raw((skip + count + LANES_PER_WORD - 1) // LANES_PER_WORD)
+        lanes = words.astype("<u8", copy=False).view("<i2").astype(np.int16, copy=False)  # little-endian pieces
+        return lanes[skip : skip + count]
 
     def lanes(self, start: int, count: int) -> torch.Tensor:
-        """Lanes ``start .. start+count`` as an int16 tensor (lane value minus 32768)."""
-        self._bits.state = self._start
-        self._bits.advance(start // LANES_PER_WORD)
-        skip = start % LANES_PER_WORD
-        words = self._bits.random_raw((skip + count + LANES_PER_WORD - 1) // LANES_PER_WORD)
-        lanes = words.astype("<u8", copy=False).view("<i2").astype(np.int16, copy=False)  # little-endian pieces
-        return torch.from_numpy(lanes[skip : skip + count])
+        """:meth:`lanes_array` as a tensor."""
+        return torch.from_numpy(self.lanes_array(start, count))
 
 
 def threshold(probability: float) -> int:
@@ -49,6 +67,11 @@ def threshold(probability: float) -> int:
     all but one value, as int16 cannot hold the bound 32768.
     """
     return max(-_OFFSET, min(_OFFSET - 1, math.ceil(probability * 65536) - _OFFSET))
+
+
+def keep_lanes(lanes: np.ndarray, bound: int | np.ndarray) -> np.ndarray:
+    """The keep mask (bool) of ``lanes`` against int16 ``bound`` (one for all, or one per lane)."""
+    return np.less(lanes, bound)
 
 
 def thresholds(probability: torch.Tensor) -> torch.Tensor:
