@@ -9,8 +9,8 @@ registry, console or cache is shared between runs).
 
 Only libraries that read nothing from the environment when imported are preloaded; a run whose
 environment changes a variable those libraries or their native runtimes do read at load time
-(``OMP_*``, ``MKL_*``, ``TORCH_*``, ``PYTHON*`` except ``PYTHONPATH``, …) is started as an ordinary
-subprocess instead, as is every run where ``fork`` is not available or ``MERGEHUB_TEST_FORK=0``.
+(``OMP_*``, ``MKL_*``, ``TORCH_*``, ``PYTHON*`` except ``PYTHONPATH``, …), or that puts a
+``sitecustomize`` module on ``PYTHONPATH``, is started as an ordinary subprocess instead, as is every run where ``fork`` is not available or ``MERGEHUB_TEST_FORK=0``.
 
 This file is also the server: ``python forkcli.py`` (run as a script, so it does not import the
 ``mergehub`` package) reads one JSON request per line on stdin and answers with the exit status.
@@ -36,9 +36,13 @@ TIMEOUT = 600
 
 
 def needs_fresh_interpreter(env: dict[str, str], baseline: dict[str, str]) -> bool:
-    """True when ``env`` differs from ``baseline`` in a variable read when the preloaded libraries load."""
+    """True when ``env`` differs from ``baseline`` in a variable read when the preloaded libraries load,
+    or puts a ``sitecustomize``/``usercustomize`` module on the path (run only when an interpreter starts)."""
     changed = {k for k in env.keys() | baseline.keys() if env.get(k) != baseline.get(k)}
-    return any(k.startswith(LOAD_TIME_PREFIXES) and k != "PYTHONPATH" for k in changed)
+    if any(k.startswith(LOAD_TIME_PREFIXES) and k != "PYTHONPATH" for k in changed):
+        return True
+    entries = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return any((Path(p) / f"{name}.py").exists() for p in entries for name in ("sitecustomize", "usercustomize"))
 
 
 class ForkClient:
