@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from mergehub import MergeInputs
-from mergehub.maths import dropout, randstream
+from mergehub.maths import dropout, randstream, workers
 from mergehub.testkit.tensors import merge_in_blocks, related_tensors
 
 FACTORIES = {"della": dropout.della_blocks, "della_linear": dropout.della_linear_blocks,
@@ -31,9 +31,9 @@ def merged(method: str, tensors: list[torch.Tensor], rows_per_block: int) -> tor
 def test_the_bytes_do_not_depend_on_the_worker_count(method, dtype, monkeypatch):
     tensors = related_tensors((1200, 300), dtype, n=3)  # several pieces per block, a short last piece
     monkeypatch.setattr(dropout, "PIECE_ELEMENTS", 1 << 15)
-    monkeypatch.setattr(dropout, "THREADS", 1)
+    monkeypatch.setattr(workers, "THREADS", 1)
     one = merged(method, tensors, 700)
-    monkeypatch.setattr(dropout, "THREADS", 2)
+    monkeypatch.setattr(workers, "THREADS", 2)
     two = merged(method, tensors, 700)
     assert torch.equal(one, two)
     assert torch.equal(merged(method, tensors, 1200), one)
@@ -41,9 +41,9 @@ def test_the_bytes_do_not_depend_on_the_worker_count(method, dtype, monkeypatch)
 
 def test_workers_run_torch_on_one_thread_and_the_callers_setting_stays():
     before = torch.get_num_threads()
-    workers = dropout.pool()
+    pool = workers.pool()
     assert torch.get_num_threads() == before
-    assert set(workers.map(lambda _: torch.get_num_threads(), range(8))) == {1}
+    assert set(pool.map(lambda _: torch.get_num_threads(), range(8))) == {1}
 
 
 @pytest.mark.parametrize("dtype,shape", [(np.uint16, (50, 300)), (np.uint16, (3, 70_000)), (np.uint32, (40, 257)),

@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 from mergehub import MergeInputs
-from mergehub.maths import gram
+from mergehub.maths import workers
 from mergehub.maths.blocks import merge_whole
 from mergehub.maths.gram import Fold, row_gram
 from mergehub.maths.spherical import (
@@ -97,8 +97,8 @@ def test_the_worker_count_does_not_change_the_bytes(case: str, monkeypatch: pyte
     """Chunks spread over 1, 2 or 3 runs (more runs than the pool has workers too) give the same bytes."""
     tensors = sample(case, (200, 1500), torch.bfloat16, seed=3)  # 87 rows a chunk: several chunks per block
     results = []
-    for workers in (1, 2, 3):
-        monkeypatch.setattr(gram, "THREADS", workers)
+    for count in (1, 2, 3):
+        monkeypatch.setattr(workers, "THREADS", count)
         results.append(blocked(case, tensors, [5, 120, 121]))
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 

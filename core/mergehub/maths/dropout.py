@@ -11,7 +11,7 @@ whose masks mergekit draws and applies in float32).
 
 Threads: a block is cut into pieces of whole rows (:data:`PIECE_ELEMENTS`) and the pieces are
 worked through, start to end (task vectors, masks, row sums, combining), by a pool of
-:data:`THREADS` workers while the calling thread waits for them. Most of the work is numpy
+the workers of :mod:`mergehub.maths.workers` while the calling thread waits for them. Most of the work is numpy
 (PCG64 lanes, DELLA's per-row sort and scatter by rank), which has no threads of its own, so
 this is what puts DARE and DELLA on every core. Each worker runs torch single-threaded (the pool
 sets its threads' intra-op count to 1 when it starts them, then restores the caller's setting):
@@ -26,17 +26,12 @@ the masks of small and 1-D tensors) is made on the calling thread before the pie
 from __future__ import annotations
 
 import math
-import os
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TypeVar
 
 import numpy as np
 import torch
 
-from mergehub.maths import randstream, sparsify
+from mergehub.maths import randstream, sparsify, workers
 from mergehub.maths.taskarith import Consensus, combine, split_base
 from mergehub.plugin.specs import MergeInputs
 
@@ -48,56 +43,6 @@ PIECE_ELEMENTS = 1 << 18
 #: A tensor whose keep masks, one bit per element and model, fit in this many bytes keeps the masks the
 #: rescale pass drew for the merge pass instead of drawing them again (drawing is most of DELLA's time).
 MASK_CACHE_BYTES = 1 << 22
-#: Worker threads for the pieces of a block (1: work on the calling thread).
-THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-T = TypeVar("T")
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _forget_pool() -> None:
-    """In a forked child: the workers were not copied, so a new pool is started when needed."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _single_threaded_torch() -> None:
-    """Pool initializer: this thread's torch ops run on it alone (see the module docstring).
-
-    ``get_num_threads`` first, so that torch's lazy per-thread set-up does not later undo the 1.
-    """
-    torch.get_num_threads()
-    torch.set_num_threads(1)
-
-
-def pool() -> ThreadPoolExecutor:
-    """The piece workers, all started now, each with single-threaded torch; the caller's torch
-    thread setting (which ``set_num_threads`` also writes for threads started later) is restored."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            threads = torch.get_num_threads()
-            workers = ThreadPoolExecutor(THREADS, thread_name_prefix="mergehub-dropout",
-                                         initializer=_single_threaded_torch)
-            started = threading.Barrier(THREADS)  # one task per worker: every thread is started and set up
-            list(workers.map(lambda _: started.wait(), range(THREADS)))
-            torch.set_num_threads(threads)
-            _pool = workers
-    return _pool
-
-
-def each_piece(work: Callable[[MergeInputs], T], pieces: list[MergeInputs]) -> list[T]:
-    """``work`` applied to every piece, on the workers when there are several; results in order."""
-    if THREADS <= 1 or len(pieces) <= 1:
-        return [work(piece) for piece in pieces]
-    return list(pool().map(work, pieces))
-
-
 def as_mask(keep: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """A numpy bool mask as a 0/1 uint8 tensor shaped and placed like ``like`` (multiplying by it
     is multiplying by 0.0 or 1.0, without a conversion kernel)."""
@@ -147,7 +92,7 @@ class DropBlocks:
 
     def collect(self, pass_index: int, block: MergeInputs) -> None:
         self.prepare()
-        each_piece(self.collect_piece, self.pieces_of(block))
+        workers.each(self.collect_piece, self.pieces_of(block))
 
     def collect_piece(self, piece: MergeInputs) -> None:
         """Pass 0 over one piece: draw each model's mask and sum its rows before and after dropping."""
@@ -204,7 +149,7 @@ class DropBlocks:
     def merge(self, block: MergeInputs) -> torch.Tensor:
         self.prepare()
         self.rescale_factors()
-        merged = each_piece(self.merge_piece, self.pieces_of(block))
+        merged = workers.each(self.merge_piece, self.pieces_of(block))
         return merged[0] if len(merged) == 1 else torch.cat(merged)
 
     def merge_piece(self, block: MergeInputs) -> torch.Tensor:

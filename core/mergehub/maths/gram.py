@@ -14,8 +14,8 @@ float64 strictly in row order (a cumulative sum, never a tree whose shape follow
 Per-column sums fold the float64 products row after row the same way. Work happens in chunks
 of :data:`CHUNK_ELEMENTS`, in float32 (float64 for float64 inputs), in reused buffers.
 
-Threads: a block's chunks are split into :data:`THREADS` runs of consecutive chunks, one per
-worker of a pool whose threads run torch single-threaded (see :func:`spread`). Chunks are a few
+Threads: a block's chunks are split into runs of consecutive chunks, one per
+worker of a pool whose threads run torch single-threaded (:func:`mergehub.maths.workers.in_runs`). Chunks are a few
 hundred KB, so an OpenMP team per elementwise op spends more on waking its threads (futex system
 calls, context switches) than it saves; a worker per run instead keeps both cores busy with the
 whole chain of ops, including the first touch of the memory-mapped inputs. A chunk's arithmetic
@@ -31,15 +31,14 @@ float64, and never further from it than the reference's own result.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, TypeVar
+from typing import Literal
 
 import torch
 
 from mergehub.maths.tensormath import working_dtype
+from mergehub.maths.workers import in_runs
 from mergehub.plugin.specs import MergeInputs
 
 Mode = Literal["flat", "rows", "columns"]
@@ -49,59 +48,6 @@ Solve = Callable[[torch.Tensor], torch.Tensor]
 #: Rows are processed in chunks of about this many elements: a few float32 copies of a chunk
 #: stay in the CPU's L2 cache, and the scratch memory stays at a few MB whatever the block.
 CHUNK_ELEMENTS = 1 << 17
-#: Worker threads a block's chunks are spread over (1: the calling thread does the work).
-THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-T = TypeVar("T")
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _forget_pool() -> None:
-    """In a forked child: the workers were not copied, so a new pool is started when needed."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _single_threaded_torch() -> None:
-    """Pool initializer: this worker's torch ops run on it alone (nested OpenMP teams would
-    oversubscribe the cores). ``get_num_threads`` first, so torch's lazy per-thread set-up does
-    not later undo the 1."""
-    torch.get_num_threads()
-    torch.set_num_threads(1)
-
-
-def pool() -> ThreadPoolExecutor:
-    """The chunk workers, all started now; the caller's torch thread count (which ``set_num_threads``
-    also writes for threads started later) is restored."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            threads = torch.get_num_threads()
-            workers = ThreadPoolExecutor(THREADS, thread_name_prefix="mergehub-gram", initializer=_single_threaded_torch)
-            started = threading.Barrier(THREADS)  # one task per worker: every thread is started and set up
-            list(workers.map(lambda _: started.wait(), range(THREADS)))
-            torch.set_num_threads(threads)
-            _pool = workers
-    return _pool
-
-
-def spread(work: Callable[[list[slice]], list[T]], spans: list[slice]) -> list[T]:
-    """``work`` over runs of consecutive ``spans``, one run per worker; the results in span order.
-
-    One task per worker and block (not per chunk) keeps the pool's hand-offs to a couple per block.
-    """
-    runs = min(THREADS, len(spans))
-    if runs <= 1:
-        return work(spans)
-    groups = [spans[i * len(spans) // runs:(i + 1) * len(spans) // runs] for i in range(runs)]
-    return [result for part in pool().map(work, groups) for result in part]
-
-
 def matrix_view(tensor: torch.Tensor, mode: Mode) -> torch.Tensor:
     """The 2-D view the statistics run over: a 1-D tensor is a column of one-element rows
     (so that blocks of its elements are blocks of rows); ``rows`` keeps the last dim's vectors whole."""
@@ -232,7 +178,7 @@ class GramBlocks:
     def collect(self, pass_index: int, block: MergeInputs) -> None:
         if self.mode == "flat":
             mats, spans = self.spans(block)
-            grams = spread(lambda run: [row_gram(self.load(mats, span)[0]) for span in run], spans)
+            grams = in_runs(lambda run: [row_gram(self.load(mats, span)[0]) for span in run], spans)
             if grams:
                 self.fold.add(torch.cat(grams))
             return
@@ -265,7 +211,7 @@ class GramBlocks:
         self.prepare()
         mats, spans = self.spans(block)
         out_rows = matrix_view(out, self.mode)
-        spread(lambda run: [self.merge_chunk(mats, span, out_rows[span]) for span in run], spans)
+        in_runs(lambda run: [self.merge_chunk(mats, span, out_rows[span]) for span in run], spans)
         return out
 
     def merge_chunk(self, mats: list[torch.Tensor], span: slice, out: torch.Tensor) -> None:
