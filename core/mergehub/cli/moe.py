@@ -10,7 +10,7 @@ from typing import Any
 from mergehub.cli.common import add_config_argument, parse_size, registry
 from mergehub.cli.render import err, progress_bar
 from mergehub.common.errors import MergehubError
-from mergehub.recipe.yamlsource import read_recipe_file
+from mergehub.recipe.yamlsource import Document, read_recipe_file
 
 HELP = "build a mixture-of-experts model from dense fine-tunes of one base (mergekit-moe recipes)"
 
@@ -51,12 +51,12 @@ def moe_figures(plan: Any) -> dict[str, Any]:
             "write_bytes": plan.bytes_to_write(), "peak_memory_bytes": hidden + 3 * 4 * CHUNK_ELEMENTS}
 
 
-def check(config: Path, allow_identical: bool = False) -> dict[str, Any]:
+def check(document: Document, allow_identical: bool = False) -> dict[str, Any]:
     """Validate and plan an MoE recipe (headers only); its figures."""
     from mergehub.plan.moe import make_moe_plan
     from mergehub.recipe.moe import load_moe_recipe
 
-    plan = make_moe_plan(load_moe_recipe(read_recipe_file(config)[0], allow_identical), registry())
+    plan = make_moe_plan(load_moe_recipe(document, allow_identical), registry())
     plan.close()
     return moe_figures(plan)
 
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from mergehub.plan.moe import make_moe_plan
     from mergehub.recipe.moe import load_moe_recipe
     from mergehub.run.gates import gate_vectors
+    from mergehub.run.local import LocalExecutor
     from mergehub.run.moe import MoEAssembler, moe_files, moe_identity
     from mergehub.run.options import RunOptions
     from mergehub.run.output import check_output, write_model
@@ -87,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
                              seed=args.seed, device=args.device)
         backend = reg.io_backend("safetensors").load()
         with progress_bar(plan.bytes_to_write(), len(plan.tensors)) as advance:
-            write_model(plan, out, options, MoEAssembler(plan, gates, args.seed), backend,  # type: ignore[arg-type]
+            executor = LocalExecutor(options, MoEAssembler(plan, gates, args.seed))
+            write_model(plan, out, options, executor, backend,  # type: ignore[arg-type]
                         replace=args.force, identity=moe_identity(plan, reg, args.seed, args.shard_size),
                         progress=advance, files=moe_files(plan, out.name))
     finally:

@@ -17,7 +17,7 @@ from mergehub.cli.common import (
 from mergehub.cli.moe import check, is_moe_recipe
 from mergehub.cli.render import out
 from mergehub.maths.blocks import DEFAULT_MAX_MEMORY
-from mergehub.recipe.yamlsource import read_recipe_file
+from mergehub.recipe.yamlsource import Document, read_recipe_file
 
 HELP = "show per stage what a recipe will read and write, its peak memory, disk and time, without merging"
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     documents = read_recipe_file(args.config)
     if is_moe_recipe(documents):
-        return moe_plan(args)
+        return moe_plan(args, documents[0])
     reg = registry()
     target: Path = args.out or Path("merged") / args.config.stem
     stages = split_stages(documents, target, args.intermediate_dir or default_intermediate(target))
@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def moe_plan(args: argparse.Namespace) -> int:
+def moe_plan(args: argparse.Namespace, document: Document) -> int:
     """The figures of an MoE recipe (``mergehub moe``)."""
-    figures = check(args.config, allow_identical=True)
+    figures = check(document, allow_identical=True)
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0

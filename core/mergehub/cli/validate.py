@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     documents = read_recipe_file(args.config)
     if is_moe_recipe(documents):
-        figures = check(args.config)
+        figures = check(documents[0])
         out.print(f"[green]ok[/green] {args.config}: {figures['format']} MoE of {figures['experts']} experts "
                   f"({figures['experts_per_token']} per token, gates from {figures['gate_mode']}) → {figures['layers']} "
                   f"layers, {figures['tensors']} tensors, {figures['write_bytes'] / 1e6:.1f} MB")

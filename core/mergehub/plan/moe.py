@@ -16,6 +16,7 @@ from typing import Any
 from mergehub.common import dtypes
 from mergehub.common.errors import MergehubError, Problem, RecipeError
 from mergehub.models.loader import ModelInfo, load_model
+from mergehub.plan.planner import Output
 from mergehub.plugin import catalog
 from mergehub.plugin.registry import Registry
 from mergehub.plugin.specs import MoEFormatSpec, MoEPiece, MoETensor
@@ -50,7 +51,7 @@ class MoEOutputTensor:
 
 
 @dataclass
-class MoEPlan:
+class MoEPlan(Output):
     recipe: MoERecipe
     models: list[ModelInfo]  # base first, then every other distinct expert model
     format: MoEFormatSpec
@@ -62,17 +63,6 @@ class MoEPlan:
     warnings: list[str] = field(default_factory=list)
     vocab: None = None  # the output tokenizer is the base's (what copy_tokenizer needs to know)
     trust_remote_code: bool = False
-
-    @property
-    def donor(self) -> ModelInfo:
-        return self.models[0]
-
-    def bytes_to_write(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
-    def close(self) -> None:
-        for model in self.models:
-            model.close()
 
 
 def make_moe_plan(recipe: MoERecipe, registry: Registry) -> MoEPlan:

@@ -66,8 +66,27 @@ class OutputTensor:
         return all(d in dtypes.FLOATING for d in self.in_dtypes)
 
 
+class Output:
+    """What every plan of an output model has: its input ``models`` (the first one donates tokenizer and
+    config defaults) and the ``tensors`` it writes. Subclasses are dataclasses declaring both."""
+
+    models: list[ModelInfo]
+    tensors: list[Any]
+
+    @property
+    def donor(self) -> ModelInfo:
+        return self.models[0]
+
+    def bytes_to_write(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def close(self) -> None:
+        for model in self.models:
+            model.close()
+
+
 @dataclass
-class Plan:
+class Plan(Output):
     recipe: Recipe
     models: list[ModelInfo]
     layout: Layout
@@ -80,17 +99,6 @@ class Plan:
     vocab: OutputVocab | None = None  # the output tokenizer, when the recipe asks for one
     chat_template: str | None = None  # the template text to write, resolved from the recipe
     trust_remote_code: bool = False  # --trust-remote-code: tokenizers may import the models' own classes
-
-    @property
-    def donor(self) -> ModelInfo:
-        return self.models[0]
-
-    def bytes_to_write(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
-    def close(self) -> None:
-        for model in self.models:
-            model.close()
 
 
 def checked_recipe(document: Document, registry: Registry, planned: Collection[str] = ()) -> Recipe:

@@ -21,8 +21,11 @@ from mergehub.run.options import RunOptions
 class LocalExecutor:
     """Streams each shard: the maths on this thread, file writes on a second one."""
 
-    def __init__(self, options: RunOptions):
+    def __init__(self, options: RunOptions, source: Any = None):
+        """``source`` computes each tensor's blocks (``compute(spec)``); default: a :class:`TensorComputer` of the
+        job's plan. ``mergehub moe`` passes its assembler, which copies pieces instead of merging."""
         self.options = options
+        self.source = source
 
     def run(self, job: ExecutorJob) -> None:
         """Compute and write ``job.shards`` in plan order, keeping the ``job.journal.done`` tensors already written.
@@ -35,8 +38,8 @@ class LocalExecutor:
         if job.journal.shards:  # resuming shards written in any order: keep those that open the plan
             job.journal.done, job.journal.shards = plan_order_prefix(job), {}
             job.journal.save()
-        computer = TensorComputer(job.plan, device=options.device, seed=options.seed, max_memory=options.max_memory,
-                                  allow_nonfinite=options.allow_nonfinite)
+        computer = self.source or TensorComputer(job.plan, device=options.device, seed=options.seed,
+                                                 max_memory=options.max_memory, allow_nonfinite=options.allow_nonfinite)
         skip = job.journal.done
         with ThreadPoolExecutor(1, thread_name_prefix="mergehub-writer") as pool, StopRequest() as stop:
             for shard in job.shards:
@@ -54,7 +57,7 @@ class LocalExecutor:
                 skip = 0
 
 
-def _write_shard(computer: TensorComputer, pool: ThreadPoolExecutor, writer: Any, tensors: list[OutputTensor],
+def _write_shard(computer: Any, pool: ThreadPoolExecutor, writer: Any, tensors: list[OutputTensor],
                  job: ExecutorJob, stop: StopRequest) -> None:
     pending: deque[Future] = deque()
     try:

@@ -1,9 +1,9 @@
 """Write an assembled MoE: every output tensor streamed from its pieces, chunk by chunk, into shards.
 
 Expert weights are copied byte for byte (cast only when the recipe's dtype differs), the routers come
-from :mod:`mergehub.run.gates`. The output goes through the same atomic, locked, resumable directory
-handling as a merge (:func:`mergehub.run.output.write_model`): a partial directory, a journal of the
-tensors written in plan order, fsync and a rename into place.
+from :mod:`mergehub.run.gates`. The local executor writes the blocks, through the same atomic, locked,
+resumable directory handling as a merge (:func:`mergehub.run.output.write_model`): a partial
+directory, a journal of the tensors written in plan order, fsync and a rename into place.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from mergehub.plan.moe import MoEOutputTensor, MoEPlan, SourceRows
 from mergehub.plugin.registry import Registry
 from mergehub.run.card import hub_ids
 from mergehub.run.compute import tensor_seed
-from mergehub.run.interrupt import StopRequest
-from mergehub.run.job import ExecutorJob
 from mergehub.run.output import copy_tokenizer
 
 #: Source tensors are copied in runs of rows of about this many elements (fixed, so that seeded noise
@@ -34,37 +32,12 @@ RECIPE_FILE = "mergehub_moe_config.yml"
 
 
 class MoEAssembler:
-    """An executor for :func:`~mergehub.run.output.write_model` that assembles instead of merging."""
+    """The blocks of each MoE output tensor, for the local executor to write (in place of a merge's maths)."""
 
     def __init__(self, plan: MoEPlan, gates: torch.Tensor, seed: int | None):
         self.plan, self.gates, self.seed = plan, gates, seed
 
-    def run(self, job: ExecutorJob) -> None:
-        skip = job.journal.done
-        with StopRequest() as stop:
-            for shard in job.shards:
-                if skip >= len(shard.tensors):
-                    skip -= len(shard.tensors)
-                    for spec in shard.tensors:
-                        _report(job, spec)
-                    continue
-                entries = [(t.name, t.out_dtype, t.shape) for t in shard.tensors]
-                path = job.directory / shard.file
-                opener = job.backend.writer(path, entries, {"format": "pt"}, skip) if skip else \
-                    job.backend.writer(path, entries, {"format": "pt"})
-                with opener as writer:
-                    for spec in shard.tensors[:skip]:
-                        _report(job, spec)
-                    for spec in shard.tensors[skip:]:
-                        for chunk in self.chunks(spec):
-                            stop.check()
-                            writer.write(spec.name, chunk)
-                        writer.flush()
-                        job.journal.advance()
-                        _report(job, spec)
-                skip = 0
-
-    def chunks(self, spec: MoEOutputTensor) -> Iterator[torch.Tensor]:
+    def compute(self, spec: MoEOutputTensor) -> Iterator[torch.Tensor]:
         """The tensor's bytes in order: each piece, in runs of whole rows, in the output dtype."""
         out = dtypes.to_torch(spec.out_dtype)
         for number, piece in enumerate(spec.pieces):
@@ -101,11 +74,6 @@ def _row_elements(shape: tuple[int, ...]) -> int:
     for size in shape[1:]:
         count *= size
     return count
-
-
-def _report(job: ExecutorJob, spec: Any) -> None:
-    if job.progress:
-        job.progress(spec)
 
 
 def moe_identity(plan: MoEPlan, registry: Registry, seed: int | None, shard_size: int) -> dict[str, Any]:

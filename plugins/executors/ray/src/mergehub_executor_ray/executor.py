@@ -115,9 +115,7 @@ def _connect(address: str | None) -> Any:
         raise MergehubError("the ray executor needs Ray", hint="pip install 'ray>=2.9'") from exc
     if not ray.is_initialized():
         try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                     include_dashboard=False) if address else \
-                ray.init(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise MergehubError(f"cannot connect to the Ray cluster at {address or '(a new local one)'}: {exc}",
                                 hint="start it with `ray start --head` (and `ray start --address HEAD:6379` on each "
