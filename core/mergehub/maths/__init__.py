@@ -15,9 +15,12 @@ package does not import torch until a kernel is needed.
 - Linear combinations from Gram matrices: :class:`GramBlocks` (Y = [B +] Σ cₖ·vₖ, c from a solver),
   :func:`norms`, :func:`length`, :class:`Select`; the solvers :func:`slerp_solve`, :func:`nuslerp_solve`,
   :func:`multislerp_solve`.
-- Statistics: :class:`TopK`, :func:`as_factor`, :data:`SHORT`, :class:`RowSums`, :class:`BlockQuantiles`,
+- Statistics: :class:`TopK`, :func:`as_factor`, :data:`SHORT`, :class:`RowSums`, :class:`PackedMasks`,
+  :class:`BlockQuantiles`,
   :func:`index_quantiles`, :func:`softmax_kl`, :func:`weighted_sum`, :func:`working_dtype`,
   :data:`SMALL_TENSOR`.
+- Threads: :func:`each` runs a kernel over pieces on the worker threads (torch single-threaded on each),
+  :func:`spans` cuts a block's elements into one piece per worker.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ _HOMES = {
     "karcher_blocks": "spherical", "non_base": "spherical", "nuslerp_solve": "spherical",
     "multislerp_solve": "spherical", "slerp_solve": "spherical",
     "GramBlocks": "gram", "Select": "gram", "norms": "gram", "length": "gram",
-    "TopK": "topk", "as_factor": "topk", "SHORT": "topk", "RowSums": "rowsums",
+    "TopK": "topk", "as_factor": "topk", "SHORT": "topk", "RowSums": "rowsums", "PackedMasks": "packedmasks",
     "BlockQuantiles": "quantiles", "index_quantiles": "tensormath", "softmax_kl": "tensormath",
     "weighted_sum": "tensormath", "working_dtype": "tensormath", "SMALL_TENSOR": "randstream",
+    "each": "workers", "spans": "workers",
 }
 
 __all__ = sorted(_HOMES)

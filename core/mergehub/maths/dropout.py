@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mergehub.maths import randstream, sparsify, workers
+from mergehub.maths.packedmasks import PackedMasks
 from mergehub.maths.taskarith import Consensus, combine, split_base
 from mergehub.plugin.specs import MergeInputs
 
@@ -74,8 +75,7 @@ class DropBlocks:
         self.factors: list[torch.Tensor | None] | None = None
         self.passes = 1 if self.rescale else 0
         drawn = sum(1 for drop, sums in zip(self.drops, self.l1) if drop and sums is not None)
-        self.cached: dict[tuple[int, int], np.ndarray] | None = \
-            {} if drawn and self.numel * drawn <= 8 * MASK_CACHE_BYTES else None
+        self.cached = PackedMasks(self.numel * drawn, MASK_CACHE_BYTES)
 
     def keep(self, i: int, start: int, delta: torch.Tensor) -> torch.Tensor:
         """Model ``i``'s keep mask (0/1) for the block of ``delta`` starting at flat ``start``."""
@@ -107,16 +107,12 @@ class DropBlocks:
 
     def remember(self, i: int, start: int, keep: torch.Tensor) -> None:
         """Keep a piece's mask, packed to one bit per element, for the merge pass (small tensors only)."""
-        if self.cached is not None and keep.device.type == "cpu":
-            bits = keep if keep.dtype in (torch.uint8, torch.bool) else torch.ne(keep, 0)
-            self.cached[(i, start)] = np.packbits(bits.contiguous().numpy().reshape(-1).view(np.bool_))
+        self.cached.put((i, start), keep)
 
     def recall(self, i: int, start: int, delta: torch.Tensor) -> torch.Tensor:
         """Model ``i``'s keep mask for a piece: the one the rescale pass remembered, else drawn again."""
-        packed = self.cached.pop((i, start), None) if self.cached is not None else None
-        if packed is None:
-            return self.keep(i, start, delta)
-        return torch.from_numpy(np.unpackbits(packed, count=delta.numel())).view(delta.shape).to(delta.device)
+        kept = self.cached.take((i, start), delta)
+        return self.keep(i, start, delta) if kept is None else kept
 
     def pieces_of(self, block: MergeInputs) -> list[MergeInputs]:
         """``block`` cut into pieces of whole rows of about :data:`PIECE_ELEMENTS` (all results are per row)."""

@@ -75,3 +75,11 @@ def in_runs(work: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R]:
         return work(list(items))
     groups = [list(items[i * len(items) // runs:(i + 1) * len(items) // runs]) for i in range(runs)]
     return [result for part in pool().map(work, groups) for result in part]
+
+
+def spans(count: int, align: int = 64) -> list[tuple[int, int]]:
+    """``count`` elements cut into one contiguous ``[start, stop)`` span per worker, starts on multiples
+    of ``align`` (whole cache lines), for :func:`each` over an elementwise kernel."""
+    parts = max(1, min(THREADS, count // max(1, align)))
+    cuts = [min(count, (i * count // parts) // align * align) for i in range(parts)] + [count]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a] or [(0, count)]

@@ -11,7 +11,7 @@ keeps those blocks in the reusable heap; the heap never grows beyond what the bl
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import sys
 
 #: mallopt parameters (glibc's malloc.h).
@@ -37,7 +37,13 @@ def _mallopt(parameter: int, value: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(parameter, value))
-    except (OSError, AttributeError):  # no libc, or a libc without mallopt
+        return bool(_process_symbols().mallopt(parameter, value))
+    except (OSError, AttributeError):  # a libc without mallopt
         return False
+
+
+@functools.cache
+def _process_symbols() -> ctypes.CDLL:
+    """The C library the interpreter already runs on. Not ``ctypes.util.find_library``: it forks
+    ``ldconfig``, and a fork of a process holding torch briefly doubles its counted private memory."""
+    return ctypes.CDLL(None)
