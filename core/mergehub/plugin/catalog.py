@@ -56,6 +56,7 @@ IO_BACKENDS: dict[str, str] = {
 
 #: MoE output format name -> the distribution that registers it (``mergehub moe``).
 MOE_FORMATS: dict[str, str] = {
+    "deepseek": "mergehub-moe-deepseek",
     "mixtral": "mergehub-moe-mixtral",
     "qwen2_moe": "mergehub-moe-qwen",
     "qwen3_moe": "mergehub-moe-qwen",
