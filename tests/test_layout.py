@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "core"
 #: The pipeline, lowest first: a package may import its own modules and those of packages before it.
-LAYERS = ["common", "plugin", "maths", "recipe", "models", "plan", "run", "testkit", "cli"]
+LAYERS = ["common", "plugin", "maths", "recipe", "models", "plan", "run", "extract", "testkit", "cli"]
 #: What plugins may import: the public API.
 PUBLIC = {"mergehub", "mergehub.executing", "mergehub.maths", "mergehub.testing"}
 PLUGIN_ROOTS = [ROOT / "plugins", ROOT / "examples" / "plugins"]

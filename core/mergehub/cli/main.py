@@ -8,7 +8,18 @@ import signal
 import sys
 from types import ModuleType
 
-from mergehub.cli import inspect, mega, merge, moe, new, plan, plugins, schema, validate
+from mergehub.cli import (
+    extract_lora,
+    inspect,
+    mega,
+    merge,
+    moe,
+    new,
+    plan,
+    plugins,
+    schema,
+    validate,
+)
 from mergehub.cli.render import error_panel
 from mergehub.cli.running import expand_executor_flags
 from mergehub.common.errors import MergehubError
@@ -16,7 +27,7 @@ from mergehub.common.version import __version__
 
 VERBS: dict[str, ModuleType] = {
     "merge": merge, "mega": mega, "plan": plan, "validate": validate, "schema": schema, "plugins": plugins,
-    "inspect": inspect, "new": new, "moe": moe,
+    "inspect": inspect, "new": new, "moe": moe, "extract-lora": extract_lora,
 }
 
 

@@ -39,8 +39,9 @@ class ExecutorJob:
     progress: Progress | None = None
 
 
-def layout_shards(tensors: list[OutputTensor], shard_size: int) -> list[Shard]:
-    """Group tensors into shards of at most ``shard_size`` bytes (an oversized tensor gets its own)."""
+def layout_shards(tensors: list[OutputTensor], shard_size: int, basename: str = "model") -> list[Shard]:
+    """Group tensors into shards of at most ``shard_size`` bytes (an oversized tensor gets its own), named
+    ``<basename>.safetensors`` or ``<basename>-00001-of-0000N.safetensors`` (PEFT adapters: ``adapter_model``)."""
     groups: list[list[OutputTensor]] = [[]]
     size = 0
     for tensor in tensors:
@@ -50,9 +51,9 @@ def layout_shards(tensors: list[OutputTensor], shard_size: int) -> list[Shard]:
         groups[-1].append(tensor)
         size += tensor.nbytes
     if len(groups) == 1:
-        return [Shard("model.safetensors", groups[0])]
+        return [Shard(f"{basename}.safetensors", groups[0])]
     n = len(groups)
-    return [Shard(f"model-{i + 1:05d}-of-{n:05d}.safetensors", g) for i, g in enumerate(groups)]
+    return [Shard(f"{basename}-{i + 1:05d}-of-{n:05d}.safetensors", g) for i, g in enumerate(groups)]
 
 
 def weight_map(shards: list[Shard]) -> dict[str, Any]:

@@ -65,6 +65,13 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if old.get(key) != new.get(key):
             reasons.append(f"{label} changed (was {old.get(key)!r}, now {new.get(key)!r})" if key != "recipe"
                            else "the recipe changed")
+    for key in sorted((set(old) | set(new)) - set(labels) - {"inputs"}):  # what other verbs (extract-lora) record
+        was, now = old.get(key), new.get(key)
+        if was != now and isinstance(was, dict) and isinstance(now, dict):  # name only the settings that changed
+            reasons += [f"{key}: {k} changed (was {was.get(k)!r}, now {now.get(k)!r})"
+                        for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+        elif was != now:
+            reasons.append(f"{key} changed (was {was!r}, now {now!r})")
     old_inputs, new_inputs = old.get("inputs") or {}, new.get("inputs") or {}
     for ref in sorted(set(old_inputs) | set(new_inputs)):
         if ref not in old_inputs:

@@ -55,7 +55,8 @@ def partial_directory(out: Path) -> Path:
 
 def write_model(plan: Plan, out: Path, options: RunOptions, executor: Any, backend: Any, *, replace: bool,
                 identity: dict[str, Any], progress: Progress | None = None,
-                extra_files: dict[str, str] | None = None, files: Callable[[Path], None] | None = None) -> None:
+                extra_files: dict[str, str] | None = None, files: Callable[[Path], None] | None = None,
+                basename: str = "model") -> None:
     """Have ``executor`` merge into the partial directory, then rename it to ``out`` once everything is written.
 
     ``replace`` allows an existing ``out`` to be replaced. ``identity`` (see
@@ -63,7 +64,8 @@ def write_model(plan: Plan, out: Path, options: RunOptions, executor: Any, backe
     ``options.resume`` the tensors already written are kept; ``options.force`` discards an
     interrupted run's work instead of refusing to. On failure or interrupt the partial directory
     is kept when it holds finished tensors, and removed when it holds none. ``files`` writes what goes
-    beside the weights (default: the plan's config.json, tokenizer and model card).
+    beside the weights (default: the plan's config.json, tokenizer and model card); ``basename`` names the
+    weight files (``adapter_model`` for a PEFT adapter).
     """
     check_output(out, replace)
     check_supported(plan)
@@ -73,9 +75,9 @@ def write_model(plan: Plan, out: Path, options: RunOptions, executor: Any, backe
     with DirectoryLock(tmp, out):
         journal = _journal(tmp, out, identity, options.resume, options.force)
         try:
-            shards = layout_shards(plan.tensors, options.shard_size)
+            shards = layout_shards(plan.tensors, options.shard_size, basename)
             executor.run(ExecutorJob(plan, tmp, shards, backend, journal, progress))
-            _finish_directory(plan, tmp, out, shards, extra_files or {}, files)
+            _finish_directory(plan, tmp, out, shards, extra_files or {}, files, basename)
             journal.discard()
             (tmp / OWNER).unlink(missing_ok=True)
             _sync_directory(tmp)
@@ -86,11 +88,11 @@ def write_model(plan: Plan, out: Path, options: RunOptions, executor: Any, backe
 
 
 def _finish_directory(plan: Plan, tmp: Path, out: Path, shards: list, extra_files: dict[str, str],
-                      files: Callable[[Path], None] | None) -> None:
+                      files: Callable[[Path], None] | None, basename: str = "model") -> None:
     if len(shards) > 1:
         total = sum(t.nbytes for t in plan.tensors)
         index = {"metadata": {"total_size": total, "mergehub_version": __version__}, "weight_map": weight_map(shards)}
-        (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / INDEX.replace("model", basename, 1)).write_text(json.dumps(index, indent=2) + "\n")
     if files is not None:
         files(tmp)
     else:
