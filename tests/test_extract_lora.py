@@ -218,14 +218,9 @@ def test_extracted_adapter_through_mergehubs_lora_input_equals_peft(tmp_path: Pa
 
 def test_biases_are_kept_as_peft_keeps_trained_biases(tmp_path: Path) -> None:
     """Qwen2's q/k/v projections have biases: a changed one is saved whole (PEFT's ``bias: lora_only``)."""
-    import transformers
+    from mergehub.testkit.tinymodels import build_tiny
 
-    torch.manual_seed(5)
-    config = transformers.Qwen2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                      num_key_value_heads=1, vocab_size=64, max_position_embeddings=64,
-                                      tie_word_embeddings=False)
-    base = tmp_path / "qwen2"
-    transformers.Qwen2ForCausalLM(config).save_pretrained(base)
+    base = build_tiny(tmp_path / "qwen2", "qwen2", layers=2, seed=5, tied=False)
     finetune = make_finetune(base, tmp_path / "qwen2-ft", 2, seed=6)
     out = tmp_path / "adapter"
     extract(finetune, base, out, "--rank", "2")
