@@ -93,7 +93,7 @@ class SceBlocks:
                 self.settle(spread.dtype)
             self.selector.collect(pass_index, spread)  # type: ignore[union-attr]
             return
-        for i, delta in enumerate(self.selected(block, deltas, remember=True)):
+        for i, delta in enumerate(self.selected(block, deltas)):
             self.energy.put(i, block.offset, delta.square_())
 
     def settle(self, dtype: torch.dtype) -> None:
@@ -102,12 +102,12 @@ class SceBlocks:
             nonzero = self.count - int(self.selector.high[0]) if dtype in SHORT else self.nonzero  # bin 0 holds ±0
             self.k = self.selector.k = int(torch.tensor(nonzero) * self.fraction)
 
-    def selected(self, block: MergeInputs, deltas: list[torch.Tensor], remember: bool = False) -> list[torch.Tensor]:
+    def selected(self, block: MergeInputs, deltas: list[torch.Tensor]) -> list[torch.Tensor]:
         """The task vectors with every entry outside the variance's top k set to 0 (as x·0, like mergekit's mask).
 
         ``deltas`` are owned by the caller and overwritten (in-place kernels run about twice as fast).
         """
-        keep = self.keep_mask(block, deltas, remember)
+        keep = self.keep_mask(block, deltas, remember=True)  # the energy pass: kept for the merge pass
         if keep is None:
             return deltas
         factor = as_factor(keep, deltas[0].dtype)
